@@ -1,0 +1,176 @@
+//! The metadata store: the single source of truth for topics, partitions, the offset index
+//! (which object holds which offset range), agents and partition leases.
+//!
+//! - [`types`]: newtypes and records shared across crates.
+//! - [`error`]: the store's error type.
+//! - [`topic_config`]: the topic configs we implement, parsed and validated.
+//! - [`sqlite`]: the embedded SQLite backend.
+//!
+//! Every backend implements [`MetadataStore`] and passes the same contract suite
+//! (`tests/contract.rs`). Times (heartbeats, lease expiry) come from the store's clock, never
+//! from an agent's, so agents with skewed clocks still agree on who holds a lease.
+
+pub mod error;
+pub mod sqlite;
+pub mod topic_config;
+pub mod types;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use error::MetadataError;
+pub use topic_config::{TimestampType, TopicConfig};
+pub use types::*;
+
+/// Result of a metadata operation.
+pub type Result<T, E = MetadataError> = std::result::Result<T, E>;
+
+/// The operations agents need from the metadata store. Each method is one transaction.
+#[async_trait::async_trait]
+pub trait MetadataStore: Send + Sync + std::fmt::Debug {
+    /// Creates a topic and its partitions (high watermark 0). Fails with
+    /// [`MetadataError::AlreadyExists`] if the name is taken.
+    async fn create_topic(
+        &self,
+        name: &str,
+        partitions: i32,
+        configs: &BTreeMap<String, String>,
+    ) -> Result<Topic>;
+
+    /// Deletes a topic, its partitions, leases and index entries. Objects are left for
+    /// garbage collection. Fails with [`MetadataError::NotFound`] if there is no such topic.
+    async fn delete_topic(&self, name: &str) -> Result<()>;
+
+    async fn get_topic(&self, name: &str) -> Result<Option<Topic>>;
+
+    async fn list_topics(&self) -> Result<Vec<Topic>>;
+
+    /// The partitions of a topic in partition order, with their unexpired leases.
+    async fn list_partitions(&self, topic: &str) -> Result<Vec<PartitionState>>;
+
+    async fn get_partition(&self, tp: &TopicPartition) -> Result<Option<PartitionState>>;
+
+    /// Registers (or re-registers) an agent and records a heartbeat. Returns the agent with
+    /// its node id, which stays the same across restarts.
+    async fn register_agent(&self, agent: &AgentRegistration) -> Result<AgentInfo>;
+
+    /// Records a heartbeat for a registered agent.
+    async fn heartbeat(&self, agent: &AgentId) -> Result<()>;
+
+    async fn list_agents(&self) -> Result<Vec<AgentInfo>>;
+
+    /// Takes the lease on `tp` for `holder` if it is free, expired, or already held by
+    /// `holder`. Acquiring always starts a new epoch (previous epoch + 1), so anything the
+    /// previous incarnation of a leader still tries to commit is fenced. Returns `None` when
+    /// another agent holds an unexpired lease.
+    async fn acquire_lease(
+        &self,
+        tp: &TopicPartition,
+        holder: &AgentId,
+        ttl: Duration,
+    ) -> Result<Option<Lease>>;
+
+    /// Extends a lease without changing its epoch. Returns `None` if `holder` no longer holds
+    /// `epoch` (someone else acquired it since).
+    async fn renew_lease(
+        &self,
+        tp: &TopicPartition,
+        holder: &AgentId,
+        epoch: LeaseEpoch,
+        ttl: Duration,
+    ) -> Result<Option<Lease>>;
+
+    /// Gives a lease up at once (graceful shutdown or handoff); the epoch is kept so the next
+    /// holder gets epoch + 1.
+    async fn release_lease(
+        &self,
+        tp: &TopicPartition,
+        holder: &AgentId,
+        epoch: LeaseEpoch,
+    ) -> Result<()>;
+
+    /// The commit of one flush, in ONE transaction: records the object, and for each
+    /// partition checks that `holder` holds the lease at `epoch` and that the high watermark
+    /// is `expected_high_watermark`, then records the index entry and advances the high
+    /// watermark to `entry.end_offset`. A partition that fails its checks is refused alone;
+    /// the result has one element per input, in order.
+    async fn commit(
+        &self,
+        object: &ObjectRecord,
+        partitions: &[PartitionCommit],
+    ) -> Result<Vec<std::result::Result<(), CommitRejection>>>;
+
+    /// Up to `limit` index entries of `tp` that hold offsets at or after `from`, in offset
+    /// order.
+    async fn find_entries(
+        &self,
+        tp: &TopicPartition,
+        from: Offset,
+        limit: usize,
+    ) -> Result<Vec<IndexEntry>>;
+
+    /// The first index entry of `tp` (in offset order) whose max timestamp is at or after
+    /// `timestamp`: the entry holding the earliest record with such a timestamp.
+    async fn find_entry_by_timestamp(
+        &self,
+        tp: &TopicPartition,
+        timestamp: i64,
+    ) -> Result<Option<IndexEntry>>;
+
+    /// Whether the store answers (for readiness checks).
+    async fn ping(&self) -> Result<()>;
+}
+
+/// Opens the store named by a URL: `sqlite://path/to/file.db` (created if missing).
+pub async fn open(url: &str) -> Result<Arc<dyn MetadataStore>> {
+    if url.starts_with("sqlite:") {
+        Ok(Arc::new(sqlite::SqliteStore::open(url).await?))
+    } else {
+        Err(MetadataError::UnsupportedUrl {
+            url: url.to_string(),
+        })
+    }
+}
+
+/// Kafka's topic name rule: 1 to 249 characters of `[a-zA-Z0-9._-]`, not `.` or `..`.
+pub fn validate_topic_name(name: &str) -> std::result::Result<(), String> {
+    if name.is_empty() {
+        return Err("topic name is empty".into());
+    }
+    if name == "." || name == ".." {
+        return Err(format!("topic name cannot be {name:?}"));
+    }
+    if name.len() > 249 {
+        return Err(format!(
+            "topic name is {} characters long, the limit is 249",
+            name.len()
+        ));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
+        return Err(format!(
+            "topic name {name:?} contains {c:?}; only ASCII letters, digits, '.', '_' and '-' are allowed"
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::validate_topic_name;
+
+    #[test]
+    fn topic_names_follow_kafka_rules() {
+        assert!(validate_topic_name("orders.v1_a-b").is_ok());
+        assert!(validate_topic_name("").is_err());
+        assert!(validate_topic_name(".").is_err());
+        assert!(validate_topic_name("..").is_err());
+        assert!(validate_topic_name("a b").is_err());
+        assert!(validate_topic_name("é").is_err());
+        assert!(validate_topic_name(&"x".repeat(249)).is_ok());
+        assert!(validate_topic_name(&"x".repeat(250)).is_err());
+    }
+}

@@ -1,0 +1,592 @@
+//! The embedded metadata backend: SQLite through `sqlx`, with versioned migrations.
+//!
+//! Write transactions start with `BEGIN IMMEDIATE` so that a transaction that reads before it
+//! writes takes the write lock up front instead of failing on upgrade. The database runs in
+//! WAL mode with `synchronous = FULL`: a commit that returned is on disk.
+
+use std::collections::BTreeMap;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Row, SqlitePool};
+
+use crate::error::MetadataError;
+use crate::types::*;
+use crate::{MetadataStore, Result};
+
+/// Milliseconds since the Unix epoch on the database's clock.
+const NOW_MS: &str = "CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)";
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
+/// Metadata kept in one SQLite database file.
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Opens (creating if missing) the database at a `sqlite://path` URL and migrates it.
+    pub async fn open(url: &str) -> Result<SqliteStore> {
+        let options = SqliteConnectOptions::from_str(url)
+            .map_err(MetadataError::db("parse the SQLite URL"))?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(10));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(8)
+            .connect_with(options)
+            .await
+            .map_err(MetadataError::db("open the SQLite database"))?;
+        MIGRATOR
+            .run(&pool)
+            .await
+            .map_err(MetadataError::Migration)?;
+        Ok(SqliteStore { pool })
+    }
+
+    async fn topic_configs(&self, name: &str) -> Result<BTreeMap<String, String>> {
+        let rows = sqlx::query("SELECT name, value FROM topic_configs WHERE topic = ?")
+            .bind(name)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(MetadataError::db("read topic configs"))?;
+        Ok(rows
+            .iter()
+            .map(|r| (r.get::<String, _>(0), r.get::<String, _>(1)))
+            .collect())
+    }
+
+    fn topic_from_row(row: &sqlx::sqlite::SqliteRow, configs: BTreeMap<String, String>) -> Result<Topic> {
+        let id: String = row.get("topic_id");
+        let id = uuid::Uuid::parse_str(&id).map_err(|e| MetadataError::Corrupt {
+            message: format!("topic id {id:?}: {e}"),
+        })?;
+        Ok(Topic {
+            name: row.get("name"),
+            id,
+            partitions: row.get("partitions"),
+            configs,
+            created_at_ms: row.get("created_at_ms"),
+        })
+    }
+}
+
+fn partition_from_row(row: &sqlx::sqlite::SqliteRow) -> PartitionState {
+    let tp = TopicPartition::new(row.get::<String, _>("topic"), row.get::<i32, _>("partition_id"));
+    let holder: Option<String> = row.get("holder");
+    let lease = holder.map(|holder| Lease {
+        tp: tp.clone(),
+        holder: AgentId(holder),
+        epoch: LeaseEpoch(row.get("epoch")),
+        expires_at_ms: row.get("expires_at_ms"),
+    });
+    PartitionState {
+        tp,
+        high_watermark: Offset(row.get("high_watermark")),
+        log_start_offset: Offset(row.get("log_start_offset")),
+        lease,
+    }
+}
+
+fn entry_from_row(tp: &TopicPartition, row: &sqlx::sqlite::SqliteRow) -> Result<IndexEntry> {
+    let to_u64 = |v: i64, what: &str| {
+        u64::try_from(v).map_err(|_| MetadataError::Corrupt {
+            message: format!("negative {what} {v} in the index of {tp}"),
+        })
+    };
+    Ok(IndexEntry {
+        tp: tp.clone(),
+        base_offset: Offset(row.get("base_offset")),
+        end_offset: Offset(row.get("end_offset")),
+        object_key: row.get("object_key"),
+        byte_start: to_u64(row.get("byte_start"), "byte_start")?,
+        byte_len: to_u64(row.get("byte_len"), "byte_len")?,
+        max_timestamp: row.get("max_timestamp"),
+    })
+}
+
+fn lease_from_row(tp: &TopicPartition, row: &sqlx::sqlite::SqliteRow) -> Lease {
+    Lease {
+        tp: tp.clone(),
+        holder: AgentId(row.get("holder")),
+        epoch: LeaseEpoch(row.get("epoch")),
+        expires_at_ms: row.get("expires_at_ms"),
+    }
+}
+
+fn ttl_ms(ttl: Duration) -> i64 {
+    i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX / 4)
+}
+
+fn to_i64(v: u64) -> Result<i64> {
+    i64::try_from(v).map_err(|_| MetadataError::Invalid {
+        message: format!("{v} does not fit in a 64-bit signed integer"),
+    })
+}
+
+const PARTITION_SELECT: &str = "SELECT p.topic, p.partition_id, p.high_watermark, p.log_start_offset, \
+     CASE WHEN l.expires_at_ms > NOW THEN l.holder END AS holder, l.epoch, l.expires_at_ms \
+     FROM partitions p LEFT JOIN leases l ON l.topic = p.topic AND l.partition_id = p.partition_id";
+
+fn partition_select(filter: &str) -> String {
+    format!("{} {filter}", PARTITION_SELECT.replace("NOW", NOW_MS))
+}
+
+#[async_trait::async_trait]
+impl MetadataStore for SqliteStore {
+    async fn create_topic(
+        &self,
+        name: &str,
+        partitions: i32,
+        configs: &BTreeMap<String, String>,
+    ) -> Result<Topic> {
+        if partitions < 1 {
+            return Err(MetadataError::Invalid {
+                message: format!("a topic needs at least one partition, not {partitions}"),
+            });
+        }
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(MetadataError::db("begin create topic"))?;
+        let exists = sqlx::query("SELECT 1 FROM topics WHERE name = ?")
+            .bind(name)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(MetadataError::db("check topic"))?;
+        if exists.is_some() {
+            return Err(MetadataError::AlreadyExists {
+                what: format!("topic {name:?}"),
+            });
+        }
+        let id = uuid::Uuid::new_v4();
+        let row = sqlx::query(&format!(
+            "INSERT INTO topics (name, topic_id, partitions, created_at_ms) VALUES (?, ?, ?, {NOW_MS}) \
+             RETURNING name, topic_id, partitions, created_at_ms"
+        ))
+        .bind(name)
+        .bind(id.to_string())
+        .bind(partitions)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(MetadataError::db("insert topic"))?;
+        for (key, value) in configs {
+            sqlx::query("INSERT INTO topic_configs (topic, name, value) VALUES (?, ?, ?)")
+                .bind(name)
+                .bind(key)
+                .bind(value)
+                .execute(&mut *tx)
+                .await
+                .map_err(MetadataError::db("insert topic config"))?;
+        }
+        for p in 0..partitions {
+            sqlx::query(
+                "INSERT INTO partitions (topic, partition_id, high_watermark, log_start_offset) \
+                 VALUES (?, ?, 0, 0)",
+            )
+            .bind(name)
+            .bind(p)
+            .execute(&mut *tx)
+            .await
+            .map_err(MetadataError::db("insert partition"))?;
+        }
+        let topic = SqliteStore::topic_from_row(&row, configs.clone())?;
+        tx.commit()
+            .await
+            .map_err(MetadataError::db("commit create topic"))?;
+        Ok(topic)
+    }
+
+    async fn delete_topic(&self, name: &str) -> Result<()> {
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(MetadataError::db("begin delete topic"))?;
+        // Index entries, partitions and configs go by cascade. Lease rows stay (holder
+        // cleared) so that a topic created again under the same name continues the epochs.
+        let deleted = sqlx::query("DELETE FROM topics WHERE name = ?")
+            .bind(name)
+            .execute(&mut *tx)
+            .await
+            .map_err(MetadataError::db("delete topic"))?;
+        if deleted.rows_affected() == 0 {
+            return Err(MetadataError::NotFound {
+                what: format!("topic {name:?}"),
+            });
+        }
+        sqlx::query("UPDATE leases SET holder = NULL, expires_at_ms = 0 WHERE topic = ?")
+            .bind(name)
+            .execute(&mut *tx)
+            .await
+            .map_err(MetadataError::db("clear leases of deleted topic"))?;
+        tx.commit()
+            .await
+            .map_err(MetadataError::db("commit delete topic"))
+    }
+
+    async fn get_topic(&self, name: &str) -> Result<Option<Topic>> {
+        let row = sqlx::query("SELECT name, topic_id, partitions, created_at_ms FROM topics WHERE name = ?")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(MetadataError::db("read topic"))?;
+        match row {
+            None => Ok(None),
+            Some(row) => {
+                let configs = self.topic_configs(name).await?;
+                Ok(Some(SqliteStore::topic_from_row(&row, configs)?))
+            }
+        }
+    }
+
+    async fn list_topics(&self) -> Result<Vec<Topic>> {
+        let rows = sqlx::query("SELECT name, topic_id, partitions, created_at_ms FROM topics ORDER BY name")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(MetadataError::db("list topics"))?;
+        let config_rows = sqlx::query("SELECT topic, name, value FROM topic_configs")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(MetadataError::db("list topic configs"))?;
+        let mut configs: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+        for r in &config_rows {
+            configs
+                .entry(r.get(0))
+                .or_default()
+                .insert(r.get(1), r.get(2));
+        }
+        rows.iter()
+            .map(|row| {
+                let name: String = row.get("name");
+                SqliteStore::topic_from_row(row, configs.remove(&name).unwrap_or_default())
+            })
+            .collect()
+    }
+
+    async fn list_partitions(&self, topic: &str) -> Result<Vec<PartitionState>> {
+        let rows = sqlx::query(&partition_select("WHERE p.topic = ? ORDER BY p.partition_id"))
+            .bind(topic)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(MetadataError::db("list partitions"))?;
+        Ok(rows.iter().map(partition_from_row).collect())
+    }
+
+    async fn get_partition(&self, tp: &TopicPartition) -> Result<Option<PartitionState>> {
+        let row = sqlx::query(&partition_select("WHERE p.topic = ? AND p.partition_id = ?"))
+            .bind(&tp.topic)
+            .bind(tp.partition.0)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(MetadataError::db("read partition"))?;
+        Ok(row.as_ref().map(partition_from_row))
+    }
+
+    async fn register_agent(&self, agent: &AgentRegistration) -> Result<AgentInfo> {
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(MetadataError::db("begin register agent"))?;
+        sqlx::query(&format!(
+            "INSERT INTO agents (agent_id, node_id, advertised_addr, agent_group, last_heartbeat_ms) \
+             VALUES (?, (SELECT COALESCE(MAX(node_id), -1) + 1 FROM agents), ?, ?, {NOW_MS}) \
+             ON CONFLICT (agent_id) DO UPDATE SET advertised_addr = excluded.advertised_addr, \
+             agent_group = excluded.agent_group, last_heartbeat_ms = excluded.last_heartbeat_ms"
+        ))
+        .bind(&agent.id.0)
+        .bind(&agent.advertised_addr)
+        .bind(&agent.group)
+        .execute(&mut *tx)
+        .await
+        .map_err(MetadataError::db("register agent"))?;
+        let row = sqlx::query(
+            "SELECT agent_id, node_id, advertised_addr, agent_group, last_heartbeat_ms FROM agents WHERE agent_id = ?",
+        )
+        .bind(&agent.id.0)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(MetadataError::db("read registered agent"))?;
+        tx.commit()
+            .await
+            .map_err(MetadataError::db("commit register agent"))?;
+        Ok(agent_from_row(&row))
+    }
+
+    async fn heartbeat(&self, agent: &AgentId) -> Result<()> {
+        let updated = sqlx::query(&format!(
+            "UPDATE agents SET last_heartbeat_ms = {NOW_MS} WHERE agent_id = ?"
+        ))
+        .bind(&agent.0)
+        .execute(&self.pool)
+        .await
+        .map_err(MetadataError::db("heartbeat"))?;
+        if updated.rows_affected() == 0 {
+            return Err(MetadataError::NotFound {
+                what: format!("agent {agent}"),
+            });
+        }
+        Ok(())
+    }
+
+    async fn list_agents(&self) -> Result<Vec<AgentInfo>> {
+        let rows = sqlx::query(
+            "SELECT agent_id, node_id, advertised_addr, agent_group, last_heartbeat_ms FROM agents ORDER BY node_id",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(MetadataError::db("list agents"))?;
+        Ok(rows.iter().map(agent_from_row).collect())
+    }
+
+    async fn acquire_lease(
+        &self,
+        tp: &TopicPartition,
+        holder: &AgentId,
+        ttl: Duration,
+    ) -> Result<Option<Lease>> {
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(MetadataError::db("begin acquire lease"))?;
+        let exists = sqlx::query("SELECT 1 FROM partitions WHERE topic = ? AND partition_id = ?")
+            .bind(&tp.topic)
+            .bind(tp.partition.0)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(MetadataError::db("check partition for lease"))?;
+        if exists.is_none() {
+            return Err(MetadataError::NotFound {
+                what: format!("partition {tp}"),
+            });
+        }
+        // Insert a fresh lease, or take over one that is free, expired or already ours; the
+        // WHERE clause leaves a lease held by someone else untouched.
+        let row = sqlx::query(&format!(
+            "INSERT INTO leases (topic, partition_id, holder, epoch, expires_at_ms) \
+             VALUES (?1, ?2, ?3, 1, {NOW_MS} + ?4) \
+             ON CONFLICT (topic, partition_id) DO UPDATE SET holder = excluded.holder, \
+             epoch = leases.epoch + 1, expires_at_ms = excluded.expires_at_ms \
+             WHERE leases.holder IS NULL OR leases.holder = excluded.holder OR leases.expires_at_ms <= {NOW_MS} \
+             RETURNING holder, epoch, expires_at_ms"
+        ))
+        .bind(&tp.topic)
+        .bind(tp.partition.0)
+        .bind(&holder.0)
+        .bind(ttl_ms(ttl))
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(MetadataError::db("acquire lease"))?;
+        tx.commit()
+            .await
+            .map_err(MetadataError::db("commit acquire lease"))?;
+        Ok(row.map(|row| lease_from_row(tp, &row)))
+    }
+
+    async fn renew_lease(
+        &self,
+        tp: &TopicPartition,
+        holder: &AgentId,
+        epoch: LeaseEpoch,
+        ttl: Duration,
+    ) -> Result<Option<Lease>> {
+        let row = sqlx::query(&format!(
+            "UPDATE leases SET expires_at_ms = {NOW_MS} + ? \
+             WHERE topic = ? AND partition_id = ? AND holder = ? AND epoch = ? \
+             RETURNING holder, epoch, expires_at_ms"
+        ))
+        .bind(ttl_ms(ttl))
+        .bind(&tp.topic)
+        .bind(tp.partition.0)
+        .bind(&holder.0)
+        .bind(epoch.0)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(MetadataError::db("renew lease"))?;
+        Ok(row.map(|row| lease_from_row(tp, &row)))
+    }
+
+    async fn release_lease(
+        &self,
+        tp: &TopicPartition,
+        holder: &AgentId,
+        epoch: LeaseEpoch,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE leases SET holder = NULL, expires_at_ms = 0 \
+             WHERE topic = ? AND partition_id = ? AND holder = ? AND epoch = ?",
+        )
+        .bind(&tp.topic)
+        .bind(tp.partition.0)
+        .bind(&holder.0)
+        .bind(epoch.0)
+        .execute(&self.pool)
+        .await
+        .map_err(MetadataError::db("release lease"))?;
+        Ok(())
+    }
+
+    async fn commit(
+        &self,
+        object: &ObjectRecord,
+        partitions: &[PartitionCommit],
+    ) -> Result<Vec<std::result::Result<(), CommitRejection>>> {
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(MetadataError::db("begin commit"))?;
+        let mut results = Vec::with_capacity(partitions.len());
+        let mut any_accepted = false;
+        for commit in partitions {
+            let entry = &commit.entry;
+            let tp = &entry.tp;
+            if entry.base_offset != commit.expected_high_watermark
+                || entry.end_offset <= entry.base_offset
+            {
+                results.push(Err(CommitRejection::InvalidRange(tp.clone())));
+                continue;
+            }
+            let row = sqlx::query(
+                "SELECT p.high_watermark, l.holder, l.epoch FROM partitions p \
+                 LEFT JOIN leases l ON l.topic = p.topic AND l.partition_id = p.partition_id \
+                 WHERE p.topic = ? AND p.partition_id = ?",
+            )
+            .bind(&tp.topic)
+            .bind(tp.partition.0)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(MetadataError::db("read partition for commit"))?;
+            let Some(row) = row else {
+                results.push(Err(CommitRejection::UnknownPartition(tp.clone())));
+                continue;
+            };
+            let high_watermark = Offset(row.get("high_watermark"));
+            let lease_holder: Option<String> = row.get("holder");
+            let lease_epoch = LeaseEpoch(row.try_get::<Option<i64>, _>("epoch").ok().flatten().unwrap_or(0));
+            // The fence: only the holder of the current epoch may append. Expiry alone does
+            // not fence: until someone else acquires the lease (and bumps the epoch), the
+            // holder's appends cannot conflict with anyone's.
+            if lease_holder.as_deref() != Some(commit.holder.0.as_str()) || lease_epoch != commit.epoch {
+                results.push(Err(CommitRejection::Fenced {
+                    tp: tp.clone(),
+                    holder: lease_holder.map(AgentId),
+                    epoch: lease_epoch,
+                }));
+                continue;
+            }
+            if high_watermark != commit.expected_high_watermark {
+                results.push(Err(CommitRejection::OffsetMismatch {
+                    tp: tp.clone(),
+                    expected: commit.expected_high_watermark,
+                    actual: high_watermark,
+                }));
+                continue;
+            }
+            sqlx::query(
+                "INSERT INTO index_entries (topic, partition_id, base_offset, end_offset, object_key, \
+                 byte_start, byte_len, max_timestamp) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(&tp.topic)
+            .bind(tp.partition.0)
+            .bind(entry.base_offset.0)
+            .bind(entry.end_offset.0)
+            .bind(&entry.object_key)
+            .bind(to_i64(entry.byte_start)?)
+            .bind(to_i64(entry.byte_len)?)
+            .bind(entry.max_timestamp)
+            .execute(&mut *tx)
+            .await
+            .map_err(MetadataError::db("insert index entry"))?;
+            sqlx::query("UPDATE partitions SET high_watermark = ? WHERE topic = ? AND partition_id = ?")
+                .bind(entry.end_offset.0)
+                .bind(&tp.topic)
+                .bind(tp.partition.0)
+                .execute(&mut *tx)
+                .await
+                .map_err(MetadataError::db("advance high watermark"))?;
+            any_accepted = true;
+            results.push(Ok(()));
+        }
+        if any_accepted {
+            sqlx::query(&format!(
+                "INSERT INTO objects (object_key, size_bytes, writer, created_at_ms) VALUES (?, ?, ?, {NOW_MS})"
+            ))
+            .bind(&object.key)
+            .bind(to_i64(object.size_bytes)?)
+            .bind(&object.writer.0)
+            .execute(&mut *tx)
+            .await
+            .map_err(MetadataError::db("record object"))?;
+        }
+        tx.commit().await.map_err(MetadataError::db("commit flush"))?;
+        Ok(results)
+    }
+
+    async fn find_entries(
+        &self,
+        tp: &TopicPartition,
+        from: Offset,
+        limit: usize,
+    ) -> Result<Vec<IndexEntry>> {
+        let rows = sqlx::query(
+            "SELECT base_offset, end_offset, object_key, byte_start, byte_len, max_timestamp \
+             FROM index_entries WHERE topic = ? AND partition_id = ? AND end_offset > ? \
+             ORDER BY end_offset LIMIT ?",
+        )
+        .bind(&tp.topic)
+        .bind(tp.partition.0)
+        .bind(from.0)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(MetadataError::db("find index entries"))?;
+        rows.iter().map(|row| entry_from_row(tp, row)).collect()
+    }
+
+    async fn find_entry_by_timestamp(
+        &self,
+        tp: &TopicPartition,
+        timestamp: i64,
+    ) -> Result<Option<IndexEntry>> {
+        let row = sqlx::query(
+            "SELECT base_offset, end_offset, object_key, byte_start, byte_len, max_timestamp \
+             FROM index_entries i WHERE topic = ? AND partition_id = ? AND max_timestamp >= ? \
+             AND end_offset > (SELECT log_start_offset FROM partitions p \
+                               WHERE p.topic = i.topic AND p.partition_id = i.partition_id) \
+             ORDER BY base_offset LIMIT 1",
+        )
+        .bind(&tp.topic)
+        .bind(tp.partition.0)
+        .bind(timestamp)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(MetadataError::db("find index entry by timestamp"))?;
+        row.as_ref().map(|row| entry_from_row(tp, row)).transpose()
+    }
+
+    async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map_err(MetadataError::db("ping"))?;
+        Ok(())
+    }
+}
+
+fn agent_from_row(row: &sqlx::sqlite::SqliteRow) -> AgentInfo {
+    AgentInfo {
+        id: AgentId(row.get("agent_id")),
+        node_id: row.get("node_id"),
+        advertised_addr: row.get("advertised_addr"),
+        group: row.get("agent_group"),
+        last_heartbeat_ms: row.get("last_heartbeat_ms"),
+    }
+}

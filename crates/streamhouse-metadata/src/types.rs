@@ -1,0 +1,184 @@
+//! Newtypes and records shared by every crate that talks about partitions and offsets.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+/// A record's position in its partition: 0, 1, 2, … with no gap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Offset(pub i64);
+
+impl Offset {
+    /// The offset `n` records further on.
+    pub fn plus(self, n: i64) -> Offset {
+        Offset(self.0 + n)
+    }
+}
+
+impl fmt::Display for Offset {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// The lease generation of a partition. It grows each time a lease is acquired and never on
+/// renewal, so a commit carrying an older epoch comes from a leader that has been replaced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct LeaseEpoch(pub i64);
+
+impl fmt::Display for LeaseEpoch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// A partition number inside a topic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct PartitionId(pub i32);
+
+impl fmt::Display for PartitionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// One partition of one topic.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct TopicPartition {
+    pub topic: String,
+    pub partition: PartitionId,
+}
+
+impl TopicPartition {
+    pub fn new(topic: impl Into<String>, partition: i32) -> Self {
+        TopicPartition {
+            topic: topic.into(),
+            partition: PartitionId(partition),
+        }
+    }
+}
+
+impl fmt::Display for TopicPartition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.topic, self.partition)
+    }
+}
+
+/// The stable identity of an agent (kept across restarts).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct AgentId(pub String);
+
+impl fmt::Display for AgentId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// A topic as the metadata store keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Topic {
+    pub name: String,
+    /// Kafka's topic id (a UUID), reported in Metadata responses.
+    pub id: uuid::Uuid,
+    pub partitions: i32,
+    /// Topic configs as given at creation (validated by the caller).
+    pub configs: BTreeMap<String, String>,
+    pub created_at_ms: i64,
+}
+
+/// A partition's committed state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionState {
+    pub tp: TopicPartition,
+    /// One past the last committed offset: the next offset to assign.
+    pub high_watermark: Offset,
+    /// The first offset still readable.
+    pub log_start_offset: Offset,
+    /// Who leads the partition, if anyone holds an unexpired lease.
+    pub lease: Option<Lease>,
+}
+
+/// A partition lease: `holder` may append to `tp` while it holds `epoch`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub tp: TopicPartition,
+    pub holder: AgentId,
+    pub epoch: LeaseEpoch,
+    /// Expiry time on the metadata store's clock, in milliseconds since the Unix epoch.
+    pub expires_at_ms: i64,
+}
+
+/// What an agent tells the store about itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentRegistration {
+    pub id: AgentId,
+    /// host:port that Kafka clients should connect to.
+    pub advertised_addr: String,
+    pub group: String,
+}
+
+/// A registered agent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentInfo {
+    pub id: AgentId,
+    /// The Kafka broker id this agent answers as; assigned once and kept across restarts.
+    pub node_id: i32,
+    pub advertised_addr: String,
+    pub group: String,
+    pub last_heartbeat_ms: i64,
+}
+
+/// One contiguous offset range of one partition stored in one object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IndexEntry {
+    pub tp: TopicPartition,
+    pub base_offset: Offset,
+    /// One past the last offset in this entry.
+    pub end_offset: Offset,
+    pub object_key: String,
+    pub byte_start: u64,
+    pub byte_len: u64,
+    /// The largest record timestamp in the range (for ListOffsets by time).
+    pub max_timestamp: i64,
+}
+
+/// One partition's share of a flush, committed together with the others of the same object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionCommit {
+    pub holder: AgentId,
+    pub epoch: LeaseEpoch,
+    /// The high watermark the agent believes is committed; the commit is refused otherwise.
+    pub expected_high_watermark: Offset,
+    /// The range appended; `entry.base_offset` must equal `expected_high_watermark`
+    /// and `entry.end_offset` becomes the new high watermark.
+    pub entry: IndexEntry,
+}
+
+/// An object written by a flush.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectRecord {
+    pub key: String,
+    pub size_bytes: u64,
+    pub writer: AgentId,
+}
+
+/// Why one partition's share of a commit was refused. The other partitions of the same
+/// commit are unaffected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CommitRejection {
+    #[error("partition {0} does not exist")]
+    UnknownPartition(TopicPartition),
+    #[error("lease on {tp} is held by {holder:?} at epoch {epoch}, not by the committer")]
+    Fenced {
+        tp: TopicPartition,
+        holder: Option<AgentId>,
+        epoch: LeaseEpoch,
+    },
+    #[error("high watermark of {tp} is {actual}, the committer expected {expected}")]
+    OffsetMismatch {
+        tp: TopicPartition,
+        expected: Offset,
+        actual: Offset,
+    },
+    #[error("commit for {0} does not start at its expected high watermark")]
+    InvalidRange(TopicPartition),
+}

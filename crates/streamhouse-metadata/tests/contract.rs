@@ -1,0 +1,232 @@
+//! The contract every metadata backend must meet. Each test takes a fresh store from
+//! [`backends`], so a new backend joins by adding one line there.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use streamhouse_metadata::*;
+
+async fn backends() -> Vec<(tempfile::TempDir, Arc<dyn MetadataStore>)> {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = format!("sqlite://{}/metadata.db", dir.path().display());
+    let store = open(&url).await.expect("open sqlite");
+    vec![(dir, store)]
+}
+
+fn agent(id: &str) -> AgentId {
+    AgentId(id.to_string())
+}
+
+fn commit_for(
+    holder: &AgentId,
+    epoch: LeaseEpoch,
+    tp: &TopicPartition,
+    base: i64,
+    end: i64,
+    key: &str,
+) -> PartitionCommit {
+    PartitionCommit {
+        holder: holder.clone(),
+        epoch,
+        expected_high_watermark: Offset(base),
+        entry: IndexEntry {
+            tp: tp.clone(),
+            base_offset: Offset(base),
+            end_offset: Offset(end),
+            object_key: key.to_string(),
+            byte_start: 0,
+            byte_len: 10,
+            max_timestamp: 1000 + end,
+        },
+    }
+}
+
+fn object(key: &str, writer: &AgentId) -> ObjectRecord {
+    ObjectRecord {
+        key: key.to_string(),
+        size_bytes: 10,
+        writer: writer.clone(),
+    }
+}
+
+#[tokio::test]
+async fn topics_are_created_listed_and_deleted() {
+    for (_dir, store) in backends().await {
+        let mut configs = BTreeMap::new();
+        configs.insert("max.message.bytes".to_string(), "2048".to_string());
+        let t = store.create_topic("orders", 3, &configs).await.unwrap();
+        assert_eq!(t.partitions, 3);
+        assert!(matches!(
+            store.create_topic("orders", 1, &BTreeMap::new()).await,
+            Err(MetadataError::AlreadyExists { .. })
+        ));
+        assert!(matches!(
+            store.create_topic("none", 0, &BTreeMap::new()).await,
+            Err(MetadataError::Invalid { .. })
+        ));
+        let got = store.get_topic("orders").await.unwrap().unwrap();
+        assert_eq!(got, t);
+        assert_eq!(got.configs.get("max.message.bytes").map(String::as_str), Some("2048"));
+        let parts = store.list_partitions("orders").await.unwrap();
+        assert_eq!(parts.len(), 3);
+        assert!(parts.iter().all(|p| p.high_watermark == Offset(0) && p.lease.is_none()));
+        assert_eq!(store.list_topics().await.unwrap().len(), 1);
+        store.delete_topic("orders").await.unwrap();
+        assert!(store.get_topic("orders").await.unwrap().is_none());
+        assert!(store.list_partitions("orders").await.unwrap().is_empty());
+        assert!(matches!(
+            store.delete_topic("orders").await,
+            Err(MetadataError::NotFound { .. })
+        ));
+    }
+}
+
+#[tokio::test]
+async fn agents_keep_their_node_id() {
+    for (_dir, store) in backends().await {
+        let reg = |id: &str, addr: &str| AgentRegistration {
+            id: agent(id),
+            advertised_addr: addr.to_string(),
+            group: "default".to_string(),
+        };
+        let a = store.register_agent(&reg("a", "h:1")).await.unwrap();
+        let b = store.register_agent(&reg("b", "h:2")).await.unwrap();
+        assert_ne!(a.node_id, b.node_id);
+        let a2 = store.register_agent(&reg("a", "h:3")).await.unwrap();
+        assert_eq!(a2.node_id, a.node_id);
+        assert_eq!(a2.advertised_addr, "h:3");
+        store.heartbeat(&agent("a")).await.unwrap();
+        assert!(store.heartbeat(&agent("zzz")).await.is_err());
+        assert_eq!(store.list_agents().await.unwrap().len(), 2);
+    }
+}
+
+#[tokio::test]
+async fn lease_epochs_grow_on_acquire_only() {
+    for (_dir, store) in backends().await {
+        store.create_topic("t", 1, &BTreeMap::new()).await.unwrap();
+        let tp = TopicPartition::new("t", 0);
+        let ttl = Duration::from_secs(30);
+        let (a, b) = (agent("a"), agent("b"));
+        let l1 = store.acquire_lease(&tp, &a, ttl).await.unwrap().unwrap();
+        assert_eq!(l1.epoch, LeaseEpoch(1));
+        // Held by a: b cannot take it.
+        assert!(store.acquire_lease(&tp, &b, ttl).await.unwrap().is_none());
+        // Renewal keeps the epoch.
+        let r = store.renew_lease(&tp, &a, l1.epoch, ttl).await.unwrap().unwrap();
+        assert_eq!(r.epoch, l1.epoch);
+        assert!(r.expires_at_ms >= l1.expires_at_ms);
+        // Release, then b acquires with a new epoch; a's renewal now fails.
+        store.release_lease(&tp, &a, l1.epoch).await.unwrap();
+        let l2 = store.acquire_lease(&tp, &b, ttl).await.unwrap().unwrap();
+        assert_eq!(l2.epoch, LeaseEpoch(2));
+        assert!(store.renew_lease(&tp, &a, l1.epoch, ttl).await.unwrap().is_none());
+        let p = store.get_partition(&tp).await.unwrap().unwrap();
+        assert_eq!(p.lease.unwrap().holder, b);
+        // An expired lease can be taken over.
+        store
+            .renew_lease(&tp, &b, l2.epoch, Duration::from_millis(1))
+            .await
+            .unwrap()
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let l3 = store.acquire_lease(&tp, &a, ttl).await.unwrap().unwrap();
+        assert_eq!(l3.epoch, LeaseEpoch(3));
+        // Unknown partitions have no lease.
+        assert!(store
+            .acquire_lease(&TopicPartition::new("t", 9), &a, ttl)
+            .await
+            .is_err());
+    }
+}
+
+#[tokio::test]
+async fn commits_are_fenced_by_epoch_and_high_watermark() {
+    for (_dir, store) in backends().await {
+        store.create_topic("t", 2, &BTreeMap::new()).await.unwrap();
+        let (p0, p1) = (TopicPartition::new("t", 0), TopicPartition::new("t", 1));
+        let ttl = Duration::from_secs(30);
+        let (a, b) = (agent("a"), agent("b"));
+        let l0 = store.acquire_lease(&p0, &a, ttl).await.unwrap().unwrap();
+        let l1 = store.acquire_lease(&p1, &a, ttl).await.unwrap().unwrap();
+
+        // One commit, two partitions.
+        let res = store
+            .commit(
+                &object("o1", &a),
+                &[
+                    commit_for(&a, l0.epoch, &p0, 0, 5, "o1"),
+                    commit_for(&a, l1.epoch, &p1, 0, 3, "o1"),
+                ],
+            )
+            .await
+            .unwrap();
+        assert_eq!(res, vec![Ok(()), Ok(())]);
+        assert_eq!(store.get_partition(&p0).await.unwrap().unwrap().high_watermark, Offset(5));
+
+        // A stale expected high watermark is refused and changes nothing.
+        let res = store
+            .commit(&object("o2", &a), &[commit_for(&a, l0.epoch, &p0, 3, 9, "o2")])
+            .await
+            .unwrap();
+        assert!(matches!(res[0], Err(CommitRejection::OffsetMismatch { .. })));
+
+        // b takes p1 over (after a releases); a's commit with the old epoch is fenced, while
+        // its p0 share in the same commit still lands.
+        store.release_lease(&p1, &a, l1.epoch).await.unwrap();
+        let lb = store.acquire_lease(&p1, &b, ttl).await.unwrap().unwrap();
+        let res = store
+            .commit(
+                &object("o3", &a),
+                &[
+                    commit_for(&a, l0.epoch, &p0, 5, 7, "o3"),
+                    commit_for(&a, l1.epoch, &p1, 3, 4, "o3"),
+                ],
+            )
+            .await
+            .unwrap();
+        assert_eq!(res[0], Ok(()));
+        assert!(matches!(res[1], Err(CommitRejection::Fenced { .. })));
+        assert_eq!(store.get_partition(&p1).await.unwrap().unwrap().high_watermark, Offset(3));
+        let res = store
+            .commit(&object("o4", &b), &[commit_for(&b, lb.epoch, &p1, 3, 4, "o4")])
+            .await
+            .unwrap();
+        assert_eq!(res, vec![Ok(())]);
+
+        // The index answers by offset and by time.
+        let entries = store.find_entries(&p0, Offset(0), 10).await.unwrap();
+        assert_eq!(
+            entries.iter().map(|e| (e.base_offset.0, e.end_offset.0)).collect::<Vec<_>>(),
+            vec![(0, 5), (5, 7)]
+        );
+        let entries = store.find_entries(&p0, Offset(5), 10).await.unwrap();
+        assert_eq!(entries.len(), 1);
+        assert_eq!(entries[0].object_key, "o3");
+        assert!(store.find_entries(&p0, Offset(7), 10).await.unwrap().is_empty());
+        let by_time = store.find_entry_by_timestamp(&p0, 1006).await.unwrap().unwrap();
+        assert_eq!(by_time.base_offset, Offset(5));
+        assert!(store.find_entry_by_timestamp(&p0, 5000).await.unwrap().is_none());
+    }
+}
+
+#[tokio::test]
+async fn a_recreated_topic_continues_lease_epochs() {
+    for (_dir, store) in backends().await {
+        let tp = TopicPartition::new("t", 0);
+        let a = agent("a");
+        let ttl = Duration::from_secs(30);
+        store.create_topic("t", 1, &BTreeMap::new()).await.unwrap();
+        let old = store.acquire_lease(&tp, &a, ttl).await.unwrap().unwrap();
+        store.delete_topic("t").await.unwrap();
+        store.create_topic("t", 1, &BTreeMap::new()).await.unwrap();
+        let new = store.acquire_lease(&tp, &a, ttl).await.unwrap().unwrap();
+        assert!(new.epoch > old.epoch);
+        let res = store
+            .commit(&object("o", &a), &[commit_for(&a, old.epoch, &tp, 0, 1, "o")])
+            .await
+            .unwrap();
+        assert!(matches!(res[0], Err(CommitRejection::Fenced { .. })));
+    }
+}
