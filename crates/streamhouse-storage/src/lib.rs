@@ -1,0 +1,17 @@
+//! Storage: what goes into objects and how it comes back out.
+//!
+//! - [`batch`]: Kafka RecordBatch v2 validation and the few header fields the agent sets.
+//! - [`object`]: the object layout (one object holds the batches of many partitions).
+//! - [`cache`]: an in-memory LRU of recent object bytes.
+//! - [`store`]: object store I/O (create-only puts, ranged gets) through the cache.
+
+pub mod batch;
+pub mod cache;
+pub mod error;
+pub mod object;
+pub mod store;
+
+pub use batch::{BatchError, BatchHeader};
+pub use error::StorageError;
+pub use object::{ChunkLocation, ObjectBuilder};
+pub use store::ObjectStorage;
