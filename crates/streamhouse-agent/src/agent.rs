@@ -1,0 +1,596 @@
+//! The agent: append (validate and buffer), flush (one object, one commit), and the topic
+//! admin and read entry points the protocol server calls.
+//!
+//! Offsets are assigned in exactly one place, [`Agent::flush`], from the partition's
+//! committed high watermark, and the in-memory high watermark moves only after the metadata
+//! commit that makes those offsets durable has succeeded. A failed flush therefore uses up
+//! no offset, and a commit can only land where the previous one ended.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::{Bytes, BytesMut};
+use streamhouse_metadata::{
+    validate_topic_name, AgentInfo, AgentRegistration, CommitRejection, IndexEntry, MetadataError,
+    MetadataStore, ObjectRecord, Offset, PartitionCommit, TimestampType, Topic, TopicConfig,
+    TopicPartition,
+};
+use streamhouse_storage::batch::{self, BatchSpan};
+use streamhouse_storage::{ObjectBuilder, ObjectStorage};
+use tokio::sync::{oneshot, watch, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::config::AgentConfig;
+use crate::error::AgentError;
+use crate::leases::Led;
+
+/// What a producer learns once its batch is durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    /// The offset of the first record of the first batch appended.
+    pub base_offset: Offset,
+    /// The append time when the topic uses LogAppendTime.
+    pub log_append_time: Option<i64>,
+    pub log_start_offset: Offset,
+}
+
+/// Which offset ListOffsets asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OffsetSpec {
+    Earliest,
+    Latest,
+    /// The earliest offset whose record timestamp is at or after this time (ms).
+    Timestamp(i64),
+}
+
+/// Committed record batches of one partition, from a read.
+#[derive(Debug, Clone, Default)]
+pub struct ReadResult {
+    /// Whole record batches, the first one holding the requested offset.
+    pub records: Vec<Bytes>,
+    pub high_watermark: Offset,
+    pub log_start_offset: Offset,
+}
+
+impl ReadResult {
+    pub fn len(&self) -> usize {
+        self.records.iter().map(Bytes::len).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+}
+
+type Reply = oneshot::Sender<Result<Appended, AgentError>>;
+
+/// One producer's record set for one partition, waiting for a flush.
+struct PendingBatch {
+    tp: TopicPartition,
+    data: BytesMut,
+    spans: Vec<BatchSpan>,
+    reply: Reply,
+    _permit: OwnedSemaphorePermit,
+}
+
+#[derive(Default)]
+struct Pending {
+    batches: Vec<PendingBatch>,
+    bytes: usize,
+    oldest: Option<Instant>,
+}
+
+pub(crate) struct State {
+    pub(crate) led: HashMap<TopicPartition, Led>,
+    pending: Pending,
+}
+
+/// A StreamHouse agent.
+pub struct Agent {
+    pub(crate) config: AgentConfig,
+    pub(crate) metadata: Arc<dyn MetadataStore>,
+    storage: ObjectStorage,
+    pub(crate) info: AgentInfo,
+    pub(crate) state: Mutex<State>,
+    /// Wakes the flusher when something is appended.
+    flush_wanted: Notify,
+    /// Bumped after every commit; long-polling fetches wait on it.
+    commits: watch::Sender<u64>,
+    /// Bytes that may be pending or in flight, for backpressure.
+    capacity: Arc<Semaphore>,
+    closed: AtomicBool,
+    /// Serializes lease acquisition so two acquisitions of one partition cannot race.
+    pub(crate) acquiring: tokio::sync::Mutex<()>,
+}
+
+impl std::fmt::Debug for Agent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Agent")
+            .field("id", &self.config.agent_id)
+            .field("node_id", &self.info.node_id)
+            .finish()
+    }
+}
+
+pub(crate) fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+impl Agent {
+    /// Registers the agent, acquires the leases it can, and returns it. Call
+    /// [`Agent::run`] to start flushing and renewing.
+    pub async fn start(
+        config: AgentConfig,
+        metadata: Arc<dyn MetadataStore>,
+        storage: ObjectStorage,
+    ) -> Result<Arc<Agent>, AgentError> {
+        let info = metadata
+            .register_agent(&AgentRegistration {
+                id: config.agent_id.clone(),
+                advertised_addr: config.advertised_addr.clone(),
+                group: config.group.clone(),
+            })
+            .await?;
+        let permits = config.max_pending_bytes.min(Semaphore::MAX_PERMITS);
+        let agent = Arc::new(Agent {
+            capacity: Arc::new(Semaphore::new(permits)),
+            config,
+            metadata,
+            storage,
+            info,
+            state: Mutex::new(State {
+                led: HashMap::new(),
+                pending: Pending::default(),
+            }),
+            flush_wanted: Notify::new(),
+            commits: watch::channel(0).0,
+            closed: AtomicBool::new(false),
+            acquiring: tokio::sync::Mutex::new(()),
+        });
+        agent.acquire_free_partitions().await?;
+        info!(agent = %agent.config.agent_id, node_id = agent.info.node_id,
+              partitions = agent.lock().led.len(), "agent started");
+        Ok(agent)
+    }
+
+    pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn config(&self) -> &AgentConfig {
+        &self.config
+    }
+
+    /// This agent as registered (with its Kafka node id).
+    pub fn info(&self) -> &AgentInfo {
+        &self.info
+    }
+
+    pub fn metadata(&self) -> &Arc<dyn MetadataStore> {
+        &self.metadata
+    }
+
+    pub fn storage(&self) -> &ObjectStorage {
+        &self.storage
+    }
+
+    /// A receiver that changes after every commit.
+    pub fn commits(&self) -> watch::Receiver<u64> {
+        self.commits.subscribe()
+    }
+
+    /// Runs the flusher and the lease keeper until `shutdown` is cancelled; then flushes and
+    /// answers what is pending and releases every lease.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        let keeper = tokio::spawn(self.clone().keep_leases(shutdown.clone()));
+        self.flush_loop(&shutdown).await;
+        let _ = keeper.await;
+        self.release_all().await;
+        info!(agent = %self.config.agent_id, "agent stopped");
+    }
+
+    /// Validates a producer's record set for `tp` and queues it for the next flush. The
+    /// returned receiver resolves once the data is durable (or the flush failed).
+    pub async fn append(
+        &self,
+        tp: &TopicPartition,
+        records: Bytes,
+    ) -> Result<oneshot::Receiver<Result<Appended, AgentError>>, AgentError> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(AgentError::ShuttingDown);
+        }
+        let max = match self.led_config(tp) {
+            Some(config) => config.max_message_bytes,
+            None => {
+                self.ensure_led(tp).await?;
+                self.led_config(tp)
+                    .ok_or_else(|| AgentError::NotLeader { tp: tp.clone() })?
+                    .max_message_bytes
+            }
+        };
+        let max = usize::try_from(max).unwrap_or(0);
+        let spans = batch::validate(&records).map_err(|source| AgentError::Corrupt {
+            tp: tp.clone(),
+            source,
+        })?;
+        if let Some(too_big) = spans.iter().find(|s| s.range.len() > max) {
+            return Err(AgentError::MessageTooLarge {
+                tp: tp.clone(),
+                size: too_big.range.len(),
+                max,
+            });
+        }
+        let size = records.len();
+        let wanted = u32::try_from(size.min(self.config.max_pending_bytes)).unwrap_or(u32::MAX);
+        let permit = self
+            .capacity
+            .clone()
+            .acquire_many_owned(wanted)
+            .await
+            .map_err(|_| AgentError::ShuttingDown)?;
+        let (reply, receiver) = oneshot::channel();
+        let mut state = self.lock();
+        if !state.led.contains_key(tp) {
+            return Err(AgentError::NotLeader { tp: tp.clone() });
+        }
+        let pending = &mut state.pending;
+        pending.oldest.get_or_insert_with(Instant::now);
+        pending.bytes += size;
+        pending.batches.push(PendingBatch {
+            tp: tp.clone(),
+            data: BytesMut::from(records),
+            spans,
+            reply,
+            _permit: permit,
+        });
+        drop(state);
+        self.flush_wanted.notify_one();
+        Ok(receiver)
+    }
+
+    fn led_config(&self, tp: &TopicPartition) -> Option<Arc<TopicConfig>> {
+        self.lock().led.get(tp).map(|led| led.config.clone())
+    }
+
+    async fn flush_loop(&self, shutdown: &CancellationToken) {
+        loop {
+            let (bytes, oldest) = {
+                let state = self.lock();
+                (state.pending.bytes, state.pending.oldest)
+            };
+            let due = match oldest {
+                None => None,
+                Some(oldest) if bytes >= self.config.flush_max_bytes => Some(oldest),
+                Some(oldest) if oldest.elapsed() >= self.config.flush_interval => Some(oldest),
+                Some(oldest) => {
+                    let deadline =
+                        tokio::time::Instant::from_std(oldest + self.config.flush_interval);
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(deadline) => {}
+                        _ = self.flush_wanted.notified() => {}
+                        _ = shutdown.cancelled() => {}
+                    }
+                    if !shutdown.is_cancelled() {
+                        continue;
+                    }
+                    None
+                }
+            };
+            if due.is_some() {
+                self.flush().await;
+                continue;
+            }
+            if shutdown.is_cancelled() {
+                // Stop taking appends, then answer everything already taken.
+                self.closed.store(true, Ordering::Release);
+                self.flush().await;
+                return;
+            }
+            tokio::select! {
+                _ = self.flush_wanted.notified() => {}
+                _ = shutdown.cancelled() => {}
+            }
+        }
+    }
+
+    /// Flushes everything pending: assigns offsets, writes ONE object, runs ONE metadata
+    /// commit, then answers every batch.
+    pub async fn flush(&self) {
+        let stale: Vec<TopicPartition> = {
+            let state = self.lock();
+            state
+                .led
+                .iter()
+                .filter(|(_, led)| led.stale)
+                .map(|(tp, _)| tp.clone())
+                .collect()
+        };
+        for tp in stale {
+            self.reload(&tp).await;
+        }
+
+        let taken = std::mem::take(&mut self.lock().pending);
+        if taken.batches.is_empty() {
+            return;
+        }
+        let started = Instant::now();
+        let mut by_partition: BTreeMap<TopicPartition, Vec<PendingBatch>> = BTreeMap::new();
+        for b in taken.batches {
+            by_partition.entry(b.tp.clone()).or_default().push(b);
+        }
+
+        // Assign offsets from each partition's committed high watermark.
+        let mut builder = ObjectBuilder::with_capacity(taken.bytes);
+        let mut commits = Vec::new();
+        let mut waiting: Vec<(TopicPartition, Vec<(PendingBatch, Offset, Option<i64>)>)> =
+            Vec::new();
+        {
+            let state = self.lock();
+            let now = now_ms();
+            for (tp, batches) in by_partition {
+                let Some(led) = state.led.get(&tp) else {
+                    for b in batches {
+                        let _ = b.reply.send(Err(AgentError::NotLeader { tp: tp.clone() }));
+                    }
+                    continue;
+                };
+                let base = led.next_offset;
+                let mut next = base;
+                let mut max_timestamp = i64::MIN;
+                let mut chunk = BytesMut::new();
+                let mut answered = Vec::with_capacity(batches.len());
+                let log_append = led.config.timestamp_type == TimestampType::LogAppendTime;
+                for mut b in batches {
+                    let first = next;
+                    for span in &b.spans {
+                        let bytes = &mut b.data[span.range.clone()];
+                        // The leader epoch field is i32 in Kafka; epochs beyond it wrap to -1
+                        // ("unknown"), which clients accept.
+                        let epoch = i32::try_from(led.epoch.0).unwrap_or(-1);
+                        batch::assign_offset(bytes, next.0, epoch);
+                        if log_append {
+                            batch::stamp_log_append_time(bytes, now);
+                            max_timestamp = max_timestamp.max(now);
+                        } else {
+                            max_timestamp = max_timestamp.max(span.header.max_timestamp);
+                        }
+                        next = next.plus(i64::from(span.header.record_count));
+                    }
+                    chunk.extend_from_slice(&b.data);
+                    answered.push((b, first, log_append.then_some(now)));
+                }
+                builder.add_chunk(tp.clone(), base, next, max_timestamp, &chunk);
+                commits.push(PartitionCommit {
+                    holder: self.config.agent_id.clone(),
+                    epoch: led.epoch,
+                    expected_high_watermark: base,
+                    entry: IndexEntry {
+                        tp: tp.clone(),
+                        base_offset: base,
+                        end_offset: next,
+                        object_key: String::new(),
+                        byte_start: 0,
+                        byte_len: 0,
+                        max_timestamp,
+                    },
+                });
+                waiting.push((tp, answered));
+            }
+        }
+        if builder.is_empty() {
+            return;
+        }
+
+        let key = format!(
+            "data/{}/{:013}-{}.sho",
+            self.config.agent_id,
+            now_ms(),
+            uuid::Uuid::new_v4().simple()
+        );
+        let (object, chunks) = builder.finish();
+        let size = object.len() as u64;
+        for (commit, chunk) in commits.iter_mut().zip(&chunks) {
+            commit.entry.object_key = key.clone();
+            commit.entry.byte_start = chunk.byte_start;
+            commit.entry.byte_len = chunk.byte_len;
+        }
+
+        let outcome = match self.storage.put_new(&key, object).await {
+            Err(e) => Err(format!("object write failed: {e}")),
+            Ok(()) => self
+                .metadata
+                .commit(
+                    &ObjectRecord {
+                        key: key.clone(),
+                        size_bytes: size,
+                        writer: self.config.agent_id.clone(),
+                    },
+                    &commits,
+                )
+                .await
+                .map_err(|e| {
+                    // The commit may or may not have landed: reload the partitions' high
+                    // watermarks before their next flush.
+                    let mut state = self.lock();
+                    for (tp, _) in &waiting {
+                        if let Some(led) = state.led.get_mut(tp) {
+                            led.stale = true;
+                        }
+                    }
+                    format!("metadata commit failed: {}", error_chain(&e))
+                }),
+        };
+
+        let results = match outcome {
+            Ok(results) => results,
+            Err(reason) => {
+                warn!(object = %key, %reason, batches = waiting.iter().map(|w| w.1.len()).sum::<usize>(),
+                      "flush failed; its batches are answered with a retriable error");
+                for (_, batches) in waiting {
+                    for (b, _, _) in batches {
+                        let _ = b.reply.send(Err(AgentError::FlushFailed {
+                            reason: reason.clone(),
+                        }));
+                    }
+                }
+                return;
+            }
+        };
+
+        let mut state = self.lock();
+        for ((tp, batches), (result, commit)) in
+            waiting.into_iter().zip(results.into_iter().zip(&commits))
+        {
+            match result {
+                Ok(()) => {
+                    let log_start_offset = match state.led.get_mut(&tp) {
+                        Some(led) => {
+                            led.next_offset = commit.entry.end_offset;
+                            led.log_start_offset
+                        }
+                        None => Offset(0),
+                    };
+                    for (b, base_offset, log_append_time) in batches {
+                        let _ = b.reply.send(Ok(Appended {
+                            base_offset,
+                            log_append_time,
+                            log_start_offset,
+                        }));
+                    }
+                }
+                Err(rejection) => {
+                    match &rejection {
+                        CommitRejection::OffsetMismatch { .. }
+                        | CommitRejection::InvalidRange(_) => {
+                            if let Some(led) = state.led.get_mut(&tp) {
+                                led.stale = true;
+                            }
+                        }
+                        CommitRejection::Fenced { .. } | CommitRejection::UnknownPartition(_) => {
+                            state.led.remove(&tp);
+                        }
+                    }
+                    warn!(%tp, %rejection, "commit refused for partition");
+                    for (b, _, _) in batches {
+                        let _ = b.reply.send(Err(AgentError::NotLeader { tp: tp.clone() }));
+                    }
+                }
+            }
+        }
+        drop(state);
+        self.commits.send_modify(|n| *n += 1);
+        debug!(object = %key, bytes = size, elapsed = ?started.elapsed(), "flushed");
+    }
+
+    /// Re-reads a partition's committed high watermark after an ambiguous commit.
+    async fn reload(&self, tp: &TopicPartition) {
+        match self.metadata.get_partition(tp).await {
+            Ok(Some(p)) => {
+                if let Some(led) = self.lock().led.get_mut(tp) {
+                    led.next_offset = p.high_watermark;
+                    led.log_start_offset = p.log_start_offset;
+                    led.stale = false;
+                }
+            }
+            Ok(None) => {
+                self.lock().led.remove(tp);
+            }
+            Err(e) => warn!(%tp, error = %error_chain(&e), "cannot reload partition state"),
+        }
+    }
+
+    /// Creates a topic and takes the leases of its partitions.
+    pub async fn create_topic(
+        &self,
+        name: &str,
+        partitions: i32,
+        configs: &BTreeMap<String, String>,
+    ) -> Result<Topic, AgentError> {
+        validate_topic_name(name).map_err(|reason| AgentError::InvalidTopic { reason })?;
+        if partitions < 1 {
+            return Err(AgentError::InvalidPartitions { partitions });
+        }
+        TopicConfig::parse(configs).map_err(|reason| AgentError::InvalidConfig { reason })?;
+        let topic = self
+            .metadata
+            .create_topic(name, partitions, configs)
+            .await
+            .map_err(|e| match e {
+                MetadataError::AlreadyExists { .. } => AgentError::TopicAlreadyExists {
+                    topic: name.to_string(),
+                },
+                e => AgentError::Metadata(e),
+            })?;
+        for p in 0..partitions {
+            let tp = TopicPartition::new(name, p);
+            if let Err(e) = self.ensure_led(&tp).await {
+                warn!(%tp, error = %e, "could not lease a partition of a new topic");
+            }
+        }
+        info!(topic = name, partitions, "topic created");
+        Ok(topic)
+    }
+
+    /// Deletes a topic. Its data objects stay until garbage collection.
+    pub async fn delete_topic(&self, name: &str) -> Result<(), AgentError> {
+        self.metadata
+            .delete_topic(name)
+            .await
+            .map_err(|e| match e {
+                MetadataError::NotFound { .. } => AgentError::UnknownTopic {
+                    topic: name.to_string(),
+                },
+                e => AgentError::Metadata(e),
+            })?;
+        self.lock().led.retain(|tp, _| tp.topic != name);
+        info!(topic = name, "topic deleted");
+        Ok(())
+    }
+
+    /// The committed high watermark and log start of a partition.
+    pub async fn partition_offsets(
+        &self,
+        tp: &TopicPartition,
+    ) -> Result<(Offset, Offset), AgentError> {
+        if let Some(led) = self.lock().led.get(tp).filter(|led| !led.stale) {
+            return Ok((led.next_offset, led.log_start_offset));
+        }
+        let p = self
+            .metadata
+            .get_partition(tp)
+            .await?
+            .ok_or_else(|| AgentError::UnknownTopicOrPartition { tp: tp.clone() })?;
+        Ok((p.high_watermark, p.log_start_offset))
+    }
+
+    /// Whether this agent currently leads `tp`, and at which epoch.
+    pub fn leader_epoch(&self, tp: &TopicPartition) -> Option<i64> {
+        self.lock().led.get(tp).map(|led| led.epoch.0)
+    }
+
+    /// How many partitions this agent leads.
+    pub fn led_count(&self) -> usize {
+        self.lock().led.len()
+    }
+}
+
+/// An error and its sources on one line.
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(inner) = source {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    s
+}
+
+/// How long to wait between lease-keeping rounds when a round fails.
+pub(crate) const RETRY_PAUSE: Duration = Duration::from_millis(500);

@@ -1,0 +1,79 @@
+//! The agent's error type. Kafka error codes are chosen at the protocol edge, not here.
+
+use streamhouse_metadata::{MetadataError, Offset, TopicPartition};
+use streamhouse_storage::{BatchError, StorageError};
+
+/// Why an agent operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AgentError {
+    #[error("unknown topic or partition {tp}")]
+    UnknownTopicOrPartition { tp: TopicPartition },
+    #[error("unknown topic {topic:?}")]
+    UnknownTopic { topic: String },
+    #[error("this agent does not lead {tp}")]
+    NotLeader { tp: TopicPartition },
+    #[error("record batch of {size} bytes for {tp} exceeds max.message.bytes {max}")]
+    MessageTooLarge {
+        tp: TopicPartition,
+        size: usize,
+        max: usize,
+    },
+    #[error("corrupt record batch for {tp}")]
+    Corrupt {
+        tp: TopicPartition,
+        #[source]
+        source: BatchError,
+    },
+    #[error("offset {offset} of {tp} is out of range [{log_start_offset}, {high_watermark}]")]
+    OffsetOutOfRange {
+        tp: TopicPartition,
+        offset: Offset,
+        log_start_offset: Offset,
+        high_watermark: Offset,
+    },
+    #[error("invalid topic: {reason}")]
+    InvalidTopic { reason: String },
+    #[error("topic {topic:?} already exists")]
+    TopicAlreadyExists { topic: String },
+    #[error("invalid partition count {partitions}")]
+    InvalidPartitions { partitions: i32 },
+    #[error("invalid topic config: {reason}")]
+    InvalidConfig { reason: String },
+    #[error("object store unavailable")]
+    Storage(#[source] StorageError),
+    #[error("metadata store unavailable")]
+    Metadata(#[source] MetadataError),
+    #[error("the agent is shutting down")]
+    ShuttingDown,
+    /// The flush carrying the batch failed (object write or metadata commit); nothing of it
+    /// became visible and no offset was used. The cause is logged once by the flusher.
+    #[error("flush failed: {reason}")]
+    FlushFailed { reason: String },
+}
+
+impl AgentError {
+    /// Whether a client may retry the same request and expect it to work later.
+    pub fn is_retriable(&self) -> bool {
+        matches!(
+            self,
+            AgentError::NotLeader { .. }
+                | AgentError::Storage(_)
+                | AgentError::Metadata(_)
+                | AgentError::ShuttingDown
+                | AgentError::FlushFailed { .. }
+        )
+    }
+}
+
+impl From<MetadataError> for AgentError {
+    fn from(e: MetadataError) -> Self {
+        AgentError::Metadata(e)
+    }
+}
+
+impl From<StorageError> for AgentError {
+    fn from(e: StorageError) -> Self {
+        AgentError::Storage(e)
+    }
+}

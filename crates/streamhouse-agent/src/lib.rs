@@ -1,0 +1,20 @@
+//! The agent: holds partition leases, gathers produce batches of every partition it leads
+//! into one buffer, flushes them as ONE object and ONE metadata commit, and serves reads.
+//!
+//! - [`config`]: the agent's settings.
+//! - [`error`]: the agent's error type.
+//! - [`agent`]: the [`Agent`] itself: append, flush, read, list offsets, topic admin.
+//! - [`leases`]: acquiring, renewing and releasing partition leases.
+//!
+//! The agent keeps no state that the metadata store does not also have: after a crash a new
+//! agent reloads high watermarks from the store and continues from them.
+
+pub mod agent;
+pub mod config;
+pub mod error;
+mod leases;
+mod read;
+
+pub use agent::{Agent, Appended, OffsetSpec, ReadResult};
+pub use config::AgentConfig;
+pub use error::AgentError;

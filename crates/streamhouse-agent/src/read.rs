@@ -1,0 +1,136 @@
+//! Reads of committed data: fetches and ListOffsets.
+
+use bytes::Bytes;
+use streamhouse_metadata::{Offset, TopicPartition};
+use streamhouse_storage::batch;
+
+use crate::agent::{Agent, OffsetSpec, ReadResult};
+use crate::error::AgentError;
+
+/// Index entries looked up per read; more are read only if these do not fill `max_bytes`.
+const ENTRIES_PER_LOOKUP: usize = 16;
+
+impl Agent {
+    /// Reads committed record batches of `tp` starting at the batch that holds `offset`,
+    /// whole batches only, up to about `max_bytes`. When `at_least_one` is set the first batch
+    /// is returned even if it alone exceeds `max_bytes`, so a consumer always progresses.
+    pub async fn read(
+        &self,
+        tp: &TopicPartition,
+        offset: Offset,
+        max_bytes: usize,
+        at_least_one: bool,
+    ) -> Result<ReadResult, AgentError> {
+        let (high_watermark, log_start_offset) = self.partition_offsets(tp).await?;
+        let mut result = ReadResult {
+            records: Vec::new(),
+            high_watermark,
+            log_start_offset,
+        };
+        if offset < log_start_offset || offset > high_watermark {
+            return Err(AgentError::OffsetOutOfRange {
+                tp: tp.clone(),
+                offset,
+                log_start_offset,
+                high_watermark,
+            });
+        }
+        let mut position = offset;
+        let mut size = 0usize;
+        'entries: while position < high_watermark {
+            let entries = self
+                .metadata
+                .find_entries(tp, position, ENTRIES_PER_LOOKUP)
+                .await?;
+            if entries.is_empty() {
+                break;
+            }
+            for entry in entries {
+                // Only what the high watermark we report covers (a commit may land meanwhile).
+                if entry.base_offset >= high_watermark {
+                    break 'entries;
+                }
+                let range = entry.byte_start..entry.byte_start + entry.byte_len;
+                let chunk = self.storage().read_range(&entry.object_key, range).await?;
+                let (start, end) = trim_chunk(
+                    &chunk,
+                    position,
+                    max_bytes.saturating_sub(size),
+                    at_least_one && size == 0,
+                );
+                if start < end {
+                    size += end - start;
+                    result.records.push(chunk.slice(start..end));
+                }
+                if end < chunk.len() || size >= max_bytes {
+                    break 'entries;
+                }
+                position = entry.end_offset;
+            }
+        }
+        Ok(result)
+    }
+
+    /// ListOffsets: the earliest offset, the latest (the high watermark), or the earliest
+    /// offset whose timestamp is at or after a time, with that record's timestamp.
+    pub async fn list_offset(
+        &self,
+        tp: &TopicPartition,
+        spec: OffsetSpec,
+    ) -> Result<(Offset, i64), AgentError> {
+        let (high_watermark, log_start_offset) = self.partition_offsets(tp).await?;
+        let timestamp = match spec {
+            OffsetSpec::Earliest => return Ok((log_start_offset, -1)),
+            OffsetSpec::Latest => return Ok((high_watermark, -1)),
+            OffsetSpec::Timestamp(t) => t,
+        };
+        let Some(entry) = self.metadata.find_entry_by_timestamp(tp, timestamp).await? else {
+            return Ok((Offset(-1), -1));
+        };
+        let range = entry.byte_start..entry.byte_start + entry.byte_len;
+        let chunk = self.storage().read_range(&entry.object_key, range).await?;
+        for span in batch::walk(&chunk) {
+            let header = span.header;
+            if header.max_timestamp < timestamp || header.last_offset() < log_start_offset.0 {
+                continue;
+            }
+            // For uncompressed batches, the exact record. A compressed batch is not
+            // decompressed here: its first offset is answered, with its max timestamp.
+            let exact = batch::record_timestamps(&chunk[span.range.clone()]).and_then(|records| {
+                records
+                    .into_iter()
+                    .find(|(delta, ts)| {
+                        *ts >= timestamp && header.base_offset + delta >= log_start_offset.0
+                    })
+                    .map(|(delta, ts)| (Offset(header.base_offset + delta), ts))
+            });
+            return Ok(exact.unwrap_or((
+                Offset(header.base_offset.max(log_start_offset.0)),
+                header.max_timestamp,
+            )));
+        }
+        Ok((Offset(-1), -1))
+    }
+}
+
+/// The byte range of `chunk` to return: from the batch holding `offset`, whole batches up to
+/// `budget` bytes (at least one batch if `at_least_one`).
+fn trim_chunk(chunk: &Bytes, offset: Offset, budget: usize, at_least_one: bool) -> (usize, usize) {
+    let mut start = None;
+    let mut end = 0;
+    for span in batch::walk(chunk) {
+        if span.header.last_offset() < offset.0 {
+            continue;
+        }
+        let begin = *start.get_or_insert(span.range.start);
+        let taken = span.range.end - begin;
+        if taken > budget && !(at_least_one && end == 0) {
+            break;
+        }
+        end = span.range.end;
+    }
+    match start {
+        Some(start) if end > start => (start, end),
+        _ => (0, 0),
+    }
+}

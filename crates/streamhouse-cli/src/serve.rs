@@ -1,0 +1,206 @@
+//! `streamhouse serve`: wires the metadata store, object store, agent and Kafka listener
+//! together and runs them until SIGTERM or Ctrl-C.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::Args;
+use streamhouse_agent::{Agent, AgentConfig};
+use streamhouse_metadata::AgentId;
+use streamhouse_storage::ObjectStorage;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+/// Flags of `streamhouse serve`.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct ServeArgs {
+    /// Directory for the embedded defaults: the SQLite database, local objects, the agent id.
+    #[arg(
+        long,
+        env = "STREAMHOUSE_DATA_DIR",
+        default_value = "./streamhouse-data"
+    )]
+    pub(crate) data_dir: PathBuf,
+    /// Metadata store URL [default: sqlite://<data-dir>/metadata.db].
+    #[arg(long, env = "STREAMHOUSE_METADATA_URL")]
+    pub(crate) metadata_url: Option<String>,
+    /// Object store URL [default: file://<data-dir>/objects].
+    #[arg(long, env = "STREAMHOUSE_OBJECT_STORE_URL")]
+    pub(crate) object_store_url: Option<String>,
+    /// Address the Kafka listener binds (port 0 picks a free port).
+    #[arg(long, env = "STREAMHOUSE_KAFKA_ADDR", default_value = "127.0.0.1:9092")]
+    pub(crate) kafka_addr: String,
+    /// host:port clients are told to connect to [default: the bound listen address].
+    #[arg(long, env = "STREAMHOUSE_ADVERTISED_KAFKA_ADDR")]
+    pub(crate) advertised_kafka_addr: Option<String>,
+    /// This agent's id, stable across restarts [default: generated once and kept in
+    /// <data-dir>/agent-id].
+    #[arg(long, env = "STREAMHOUSE_AGENT_ID")]
+    pub(crate) agent_id: Option<String>,
+    /// The agent group this agent belongs to.
+    #[arg(long, env = "STREAMHOUSE_AGENT_GROUP", default_value = "default")]
+    pub(crate) agent_group: String,
+    /// Flush when the oldest pending batch has waited this long.
+    #[arg(long, env = "STREAMHOUSE_FLUSH_INTERVAL_MS", default_value_t = 10)]
+    pub(crate) flush_interval_ms: u64,
+    /// Flush when this many bytes are pending.
+    #[arg(long, env = "STREAMHOUSE_FLUSH_MAX_BYTES", default_value_t = 8 * 1024 * 1024)]
+    pub(crate) flush_max_bytes: usize,
+    /// Producers wait while this many bytes are pending or being flushed.
+    #[arg(long, env = "STREAMHOUSE_MAX_PENDING_BYTES", default_value_t = 64 * 1024 * 1024)]
+    pub(crate) max_pending_bytes: usize,
+    /// Size of the in-memory cache of recent objects.
+    #[arg(long, env = "STREAMHOUSE_CACHE_MAX_BYTES", default_value_t = 512 * 1024 * 1024)]
+    pub(crate) cache_max_bytes: usize,
+    /// Largest request frame accepted; a larger one closes its connection.
+    #[arg(long, env = "STREAMHOUSE_MAX_REQUEST_BYTES", default_value_t = 100 * 1024 * 1024)]
+    pub(crate) max_request_bytes: usize,
+    /// Create unknown topics when a client's Metadata request asks to.
+    #[arg(long, env = "STREAMHOUSE_AUTO_CREATE_TOPICS", default_value_t = false)]
+    pub(crate) auto_create_topics: bool,
+    /// Partitions of auto-created topics and of CreateTopics requests that leave it to us.
+    #[arg(long, env = "STREAMHOUSE_DEFAULT_PARTITIONS", default_value_t = 1)]
+    pub(crate) default_partitions: i32,
+    /// How long a partition lease lasts without renewal.
+    #[arg(long, env = "STREAMHOUSE_LEASE_TTL_MS", default_value_t = 30_000)]
+    pub(crate) lease_ttl_ms: u64,
+    /// How often the agent heartbeats and renews its leases.
+    #[arg(
+        long,
+        env = "STREAMHOUSE_HEARTBEAT_INTERVAL_MS",
+        default_value_t = 10_000
+    )]
+    pub(crate) heartbeat_interval_ms: u64,
+}
+
+impl ServeArgs {
+    /// Checks the flags before anything is opened or bound.
+    pub(crate) fn validate(&self) -> anyhow::Result<()> {
+        if self.flush_max_bytes == 0 {
+            bail!("--flush-max-bytes must be positive");
+        }
+        if self.max_pending_bytes < self.flush_max_bytes {
+            bail!("--max-pending-bytes must be at least --flush-max-bytes");
+        }
+        if self.default_partitions < 1 {
+            bail!("--default-partitions must be at least 1");
+        }
+        if self.heartbeat_interval_ms == 0 || self.lease_ttl_ms <= self.heartbeat_interval_ms {
+            bail!("--lease-ttl-ms must be longer than --heartbeat-interval-ms, which must be positive");
+        }
+        Ok(())
+    }
+}
+
+/// Runs the server until `shutdown` is cancelled (or a signal arrives).
+pub(crate) async fn serve(args: ServeArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
+    args.validate()?;
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("cannot create data dir {}", args.data_dir.display()))?;
+    let data_dir = std::fs::canonicalize(&args.data_dir)
+        .with_context(|| format!("cannot resolve data dir {}", args.data_dir.display()))?;
+    let metadata_url = args
+        .metadata_url
+        .clone()
+        .unwrap_or_else(|| format!("sqlite://{}", data_dir.join("metadata.db").display()));
+    let object_store_url = args
+        .object_store_url
+        .clone()
+        .unwrap_or_else(|| format!("file://{}", data_dir.join("objects").display()));
+    let agent_id = match &args.agent_id {
+        Some(id) => id.clone(),
+        None => stable_agent_id(&data_dir)?,
+    };
+
+    let listener = TcpListener::bind(&args.kafka_addr)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.kafka_addr))?;
+    let bound = listener.local_addr()?;
+    let advertised = args
+        .advertised_kafka_addr
+        .clone()
+        .unwrap_or_else(|| bound.to_string());
+
+    let metadata = streamhouse_metadata::open(&metadata_url)
+        .await
+        .with_context(|| format!("cannot open metadata store {metadata_url}"))?;
+    let storage = ObjectStorage::open(&object_store_url, args.cache_max_bytes)
+        .with_context(|| format!("cannot open object store {object_store_url}"))?;
+    let config = AgentConfig {
+        agent_id: AgentId(agent_id),
+        advertised_addr: advertised.clone(),
+        group: args.agent_group.clone(),
+        flush_interval: Duration::from_millis(args.flush_interval_ms),
+        flush_max_bytes: args.flush_max_bytes,
+        max_pending_bytes: args.max_pending_bytes,
+        lease_ttl: Duration::from_millis(args.lease_ttl_ms),
+        heartbeat_interval: Duration::from_millis(args.heartbeat_interval_ms),
+        auto_create_topics: args.auto_create_topics,
+        default_partitions: args.default_partitions,
+    };
+    let agent = Agent::start(config, metadata, storage)
+        .await
+        .context("cannot start the agent")?;
+
+    let server_config = streamhouse_kafka::ServerConfig {
+        max_request_bytes: args.max_request_bytes,
+        ..Default::default()
+    };
+    let server = tokio::spawn(streamhouse_kafka::run(
+        listener,
+        agent.clone(),
+        server_config,
+        shutdown.clone(),
+    ));
+    let agent_task = tokio::spawn(agent.clone().run(shutdown.clone()));
+    info!(kafka = %bound, advertised = %advertised, metadata = %metadata_url, objects = %object_store_url, "streamhouse is serving");
+    // One machine-readable line for scripts and tests that start the server on port 0.
+    println!("streamhouse ready kafka={bound} advertised={advertised}");
+
+    tokio::spawn(signal_to_cancel(shutdown.clone()));
+    shutdown.cancelled().await;
+    info!("shutting down: no new connections; flushing what is pending");
+    agent_task.await.context("agent task failed")?;
+    server.await.context("kafka listener task failed")?;
+    Ok(())
+}
+
+/// Cancels `shutdown` on SIGTERM or Ctrl-C.
+async fn signal_to_cancel(shutdown: CancellationToken) {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    shutdown.cancel();
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    shutdown.cancel();
+}
+
+/// The agent id kept in `<data-dir>/agent-id`, created on first start.
+fn stable_agent_id(data_dir: &Path) -> anyhow::Result<String> {
+    let path = data_dir.join("agent-id");
+    match std::fs::read_to_string(&path) {
+        Ok(id) if !id.trim().is_empty() => Ok(id.trim().to_string()),
+        _ => {
+            let id = format!("agent-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+            std::fs::write(&path, format!("{id}\n"))
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            Ok(id)
+        }
+    }
+}

@@ -1,0 +1,132 @@
+//! Fetch: committed batches only, within max_bytes and partition_max_bytes; waits up to
+//! max_wait_ms for min_bytes, woken by commits rather than by polling.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
+use kafka_protocol::messages::{FetchRequest, FetchResponse};
+use streamhouse_agent::{Agent, AgentError};
+use streamhouse_metadata::{Offset, TopicPartition};
+use tokio::time::Instant;
+use tracing::debug;
+
+use crate::errors::error_code;
+
+pub(crate) async fn handle(agent: &Arc<Agent>, request: FetchRequest) -> FetchResponse {
+    let wait = Duration::from_millis(u64::try_from(request.max_wait_ms).unwrap_or(0));
+    let deadline = Instant::now() + wait;
+    let min_bytes = usize::try_from(request.min_bytes).unwrap_or(0);
+    let max_bytes = usize::try_from(request.max_bytes)
+        .ok()
+        .filter(|m| *m > 0)
+        .unwrap_or(usize::MAX);
+    let mut commits = agent.commits();
+    loop {
+        // Mark the current commit as seen before reading, so a commit that lands during the
+        // read wakes the wait below.
+        commits.borrow_and_update();
+        let (responses, total, failed) = collect(agent, &request, max_bytes).await;
+        let expired = Instant::now() >= deadline;
+        if total >= min_bytes || failed || expired {
+            return FetchResponse::default().with_responses(responses);
+        }
+        tokio::select! {
+            changed = commits.changed() => {
+                if changed.is_err() {
+                    return FetchResponse::default().with_responses(responses);
+                }
+            }
+            _ = tokio::time::sleep_until(deadline) => {}
+        }
+    }
+}
+
+/// Reads every requested partition once. Returns the responses, the bytes gathered, and
+/// whether any partition failed (an error answers at once, without waiting).
+async fn collect(
+    agent: &Arc<Agent>,
+    request: &FetchRequest,
+    max_bytes: usize,
+) -> (Vec<FetchableTopicResponse>, usize, bool) {
+    let mut total = 0usize;
+    let mut failed = false;
+    let mut topics = Vec::with_capacity(request.topics.len());
+    for topic in &request.topics {
+        let name = topic.topic.0.as_str();
+        let mut partitions = Vec::with_capacity(topic.partitions.len());
+        for p in &topic.partitions {
+            let tp = TopicPartition::new(name, p.partition);
+            let partition_max = usize::try_from(p.partition_max_bytes).unwrap_or(0);
+            let budget = partition_max.min(max_bytes.saturating_sub(total));
+            let response = PartitionData::default()
+                .with_partition_index(p.partition)
+                .with_preferred_read_replica((-1).into());
+            let read = if budget == 0 && total > 0 {
+                // The response is full: report offsets only.
+                agent
+                    .partition_offsets(&tp)
+                    .await
+                    .map(|(hw, ls)| streamhouse_agent::ReadResult {
+                        records: Vec::new(),
+                        high_watermark: hw,
+                        log_start_offset: ls,
+                    })
+            } else {
+                agent
+                    .read(&tp, Offset(p.fetch_offset), budget, total == 0)
+                    .await
+            };
+            partitions.push(match read {
+                Ok(read) => {
+                    total += read.len();
+                    response
+                        .with_high_watermark(read.high_watermark.0)
+                        .with_last_stable_offset(read.high_watermark.0)
+                        .with_log_start_offset(read.log_start_offset.0)
+                        .with_records(Some(concat(read.records)))
+                }
+                Err(e) => {
+                    failed = true;
+                    debug!(%tp, offset = p.fetch_offset, error = %e, "fetch refused");
+                    let (hw, ls) = match &e {
+                        AgentError::OffsetOutOfRange {
+                            high_watermark,
+                            log_start_offset,
+                            ..
+                        } => (high_watermark.0, log_start_offset.0),
+                        _ => (-1, -1),
+                    };
+                    response
+                        .with_error_code(error_code(&e).code())
+                        .with_high_watermark(hw)
+                        .with_last_stable_offset(hw)
+                        .with_log_start_offset(ls)
+                        .with_records(Some(Bytes::new()))
+                }
+            });
+        }
+        topics.push(
+            FetchableTopicResponse::default()
+                .with_topic(topic.topic.clone())
+                .with_topic_id(topic.topic_id)
+                .with_partitions(partitions),
+        );
+    }
+    (topics, total, failed)
+}
+
+fn concat(mut parts: Vec<Bytes>) -> Bytes {
+    match parts.len() {
+        0 => Bytes::new(),
+        1 => parts.pop().unwrap_or_default(),
+        _ => {
+            let mut out = BytesMut::with_capacity(parts.iter().map(Bytes::len).sum());
+            for p in parts {
+                out.extend_from_slice(&p);
+            }
+            out.freeze()
+        }
+    }
+}
