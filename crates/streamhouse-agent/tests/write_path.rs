@@ -1,0 +1,438 @@
+//! The write path's invariants, on a real SQLite store and object store: offsets 0,1,2,…
+//! per partition with no gap and no duplicate, whatever the interleaving of producers,
+//! partitions and flushes; failed flushes use up no offset; stale leaders are fenced.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use kafka_protocol::records::{
+    Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType as KTs,
+};
+use proptest::prelude::*;
+use streamhouse_agent::{Agent, AgentConfig, AgentError, OffsetSpec};
+use streamhouse_metadata::*;
+use streamhouse_storage::ObjectStorage;
+
+fn batch(values: &[Vec<u8>], timestamp: i64) -> Bytes {
+    let records: Vec<Record> = values
+        .iter()
+        .enumerate()
+        .map(|(i, v)| Record {
+            transactional: false,
+            control: false,
+            delete_horizon: false,
+            partition_leader_epoch: -1,
+            producer_id: -1,
+            producer_epoch: -1,
+            timestamp_type: KTs::Creation,
+            offset: i64::try_from(i).unwrap(),
+            // The encoder keeps records in one batch only while offset - sequence is constant.
+            sequence: i32::try_from(i).unwrap(),
+            timestamp: timestamp + i64::try_from(i).unwrap(),
+            key: None,
+            value: Some(Bytes::from(v.clone())),
+            headers: Default::default(),
+        })
+        .collect();
+    let mut buf = BytesMut::new();
+    RecordBatchEncoder::encode(
+        &mut buf,
+        records.iter(),
+        &RecordEncodeOptions {
+            version: 2,
+            compression: Compression::None,
+        },
+    )
+    .unwrap();
+    buf.freeze()
+}
+
+/// Every record (offset, value, timestamp) in fetched bytes.
+fn decode(parts: &[Bytes]) -> Vec<(i64, Vec<u8>, i64)> {
+    let mut out = Vec::new();
+    for part in parts {
+        let mut buf = part.clone();
+        for set in RecordBatchDecoder::decode_all(&mut buf).unwrap() {
+            for r in set.records {
+                out.push((r.offset, r.value.unwrap().to_vec(), r.timestamp));
+            }
+        }
+    }
+    out
+}
+
+/// A metadata store whose commits can be made to fail.
+#[derive(Debug)]
+struct Faulty {
+    inner: Arc<dyn MetadataStore>,
+    fail_commits: AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl MetadataStore for Faulty {
+    async fn create_topic(&self, n: &str, p: i32, c: &BTreeMap<String, String>) -> Result<Topic> {
+        self.inner.create_topic(n, p, c).await
+    }
+    async fn delete_topic(&self, n: &str) -> Result<()> {
+        self.inner.delete_topic(n).await
+    }
+    async fn get_topic(&self, n: &str) -> Result<Option<Topic>> {
+        self.inner.get_topic(n).await
+    }
+    async fn list_topics(&self) -> Result<Vec<Topic>> {
+        self.inner.list_topics().await
+    }
+    async fn list_partitions(&self, t: &str) -> Result<Vec<PartitionState>> {
+        self.inner.list_partitions(t).await
+    }
+    async fn get_partition(&self, tp: &TopicPartition) -> Result<Option<PartitionState>> {
+        self.inner.get_partition(tp).await
+    }
+    async fn register_agent(&self, a: &AgentRegistration) -> Result<AgentInfo> {
+        self.inner.register_agent(a).await
+    }
+    async fn heartbeat(&self, a: &AgentId) -> Result<()> {
+        self.inner.heartbeat(a).await
+    }
+    async fn list_agents(&self) -> Result<Vec<AgentInfo>> {
+        self.inner.list_agents().await
+    }
+    async fn acquire_lease(&self, tp: &TopicPartition, h: &AgentId, ttl: Duration) -> Result<Option<Lease>> {
+        self.inner.acquire_lease(tp, h, ttl).await
+    }
+    async fn renew_lease(
+        &self,
+        tp: &TopicPartition,
+        h: &AgentId,
+        e: LeaseEpoch,
+        ttl: Duration,
+    ) -> Result<Option<Lease>> {
+        self.inner.renew_lease(tp, h, e, ttl).await
+    }
+    async fn release_lease(&self, tp: &TopicPartition, h: &AgentId, e: LeaseEpoch) -> Result<()> {
+        self.inner.release_lease(tp, h, e).await
+    }
+    async fn commit(
+        &self,
+        o: &ObjectRecord,
+        p: &[PartitionCommit],
+    ) -> Result<Vec<std::result::Result<(), CommitRejection>>> {
+        if self.fail_commits.load(Ordering::SeqCst) {
+            return Err(MetadataError::Invalid {
+                message: "injected commit failure".into(),
+            });
+        }
+        self.inner.commit(o, p).await
+    }
+    async fn find_entries(&self, tp: &TopicPartition, from: Offset, limit: usize) -> Result<Vec<IndexEntry>> {
+        self.inner.find_entries(tp, from, limit).await
+    }
+    async fn find_entry_by_timestamp(&self, tp: &TopicPartition, t: i64) -> Result<Option<IndexEntry>> {
+        self.inner.find_entry_by_timestamp(tp, t).await
+    }
+    async fn ping(&self) -> Result<()> {
+        self.inner.ping().await
+    }
+}
+
+struct Setup {
+    dir: tempfile::TempDir,
+    faulty: Arc<Faulty>,
+}
+
+impl Setup {
+    async fn new() -> Setup {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/metadata.db", dir.path().display());
+        let inner = streamhouse_metadata::open(&url).await.unwrap();
+        Setup {
+            dir,
+            faulty: Arc::new(Faulty {
+                inner,
+                fail_commits: AtomicBool::new(false),
+            }),
+        }
+    }
+
+    fn objects_url(&self) -> String {
+        format!("file://{}/objects", self.dir.path().display())
+    }
+
+    async fn agent(&self, id: &str, ttl: Duration) -> Arc<Agent> {
+        let mut config = AgentConfig::for_tests(id, "127.0.0.1:9092");
+        config.lease_ttl = ttl;
+        let storage = ObjectStorage::open(&self.objects_url(), 64 << 20).unwrap();
+        Agent::start(config, self.faulty.clone(), storage).await.unwrap()
+    }
+}
+
+/// Reads a whole partition from offset 0.
+async fn read_all(agent: &Agent, tp: &TopicPartition) -> Vec<(i64, Vec<u8>, i64)> {
+    let mut out = Vec::new();
+    let mut next = 0;
+    loop {
+        let read = agent.read(tp, Offset(next), 1000, true).await.unwrap();
+        let records = decode(&read.records);
+        let fresh: Vec<_> = records.into_iter().filter(|r| r.0 >= next).collect();
+        if fresh.is_empty() {
+            assert_eq!(next, read.high_watermark.0, "read stopped before the high watermark");
+            return out;
+        }
+        next = fresh.last().unwrap().0 + 1;
+        out.extend(fresh);
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Op {
+    producer: usize,
+    partition: i32,
+    records: usize,
+    flush_after: bool,
+    fail_flush: bool,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    (0..3usize, 0..3i32, 1..6usize, any::<bool>(), prop::bool::weighted(0.1)).prop_map(
+        |(producer, partition, records, flush_after, fail_flush)| Op {
+            producer,
+            partition,
+            records,
+            flush_after,
+            fail_flush,
+        },
+    )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, .. ProptestConfig::default() })]
+
+    /// Random producers append to random partitions with flushes at random points (some of
+    /// them failing). Every acknowledged batch gets a distinct, contiguous offset range; the
+    /// ranges tile 0..high_watermark exactly; every record reads back once, at its offset.
+    #[test]
+    fn offsets_are_contiguous_and_every_record_reads_back(ops in prop::collection::vec(op(), 1..40)) {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async move {
+            let setup = Setup::new().await;
+            let agent = setup.agent("a", Duration::from_secs(60)).await;
+            agent.create_topic("t", 3, &BTreeMap::new()).await.unwrap();
+            let mut acked: HashMap<i32, Vec<(i64, Vec<Vec<u8>>)>> = HashMap::new();
+            let mut waiting = Vec::new();
+            let mut seq = 0usize;
+            for op in &ops {
+                let values: Vec<Vec<u8>> = (0..op.records)
+                    .map(|i| { seq += 1; format!("p{}-{}-{}", op.producer, seq, i).into_bytes() })
+                    .collect();
+                let tp = TopicPartition::new("t", op.partition);
+                let rx = agent.append(&tp, batch(&values, 1000)).await.unwrap();
+                waiting.push((op.partition, values, rx));
+                if op.flush_after {
+                    setup.faulty.fail_commits.store(op.fail_flush, Ordering::SeqCst);
+                    agent.flush().await;
+                    setup.faulty.fail_commits.store(false, Ordering::SeqCst);
+                }
+            }
+            agent.flush().await;
+            for (partition, values, rx) in waiting {
+                match rx.await.unwrap() {
+                    Ok(appended) => acked.entry(partition).or_default().push((appended.base_offset.0, values)),
+                    Err(e) => assert!(e.is_retriable(), "non-retriable flush error {e}"),
+                }
+            }
+            for partition in 0..3 {
+                let tp = TopicPartition::new("t", partition);
+                let mut ranges = acked.remove(&partition).unwrap_or_default();
+                ranges.sort_by_key(|r| r.0);
+                let mut expected = Vec::new();
+                let mut next = 0i64;
+                for (base, values) in ranges {
+                    prop_assert_eq!(base, next, "gap or overlap in {}", tp);
+                    for v in values {
+                        expected.push((next, v));
+                        next += 1;
+                    }
+                }
+                let (hw, _) = agent.partition_offsets(&tp).await.unwrap();
+                prop_assert_eq!(hw.0, next);
+                let read: Vec<(i64, Vec<u8>)> = read_all(&agent, &tp).await.into_iter().map(|r| (r.0, r.1)).collect();
+                prop_assert_eq!(read, expected);
+            }
+            Ok(())
+        })?;
+    }
+}
+
+#[tokio::test]
+async fn a_failed_object_write_uses_no_offset() {
+    let setup = Setup::new().await;
+    let agent = setup.agent("a", Duration::from_secs(60)).await;
+    agent.create_topic("t", 1, &BTreeMap::new()).await.unwrap();
+    let tp = TopicPartition::new("t", 0);
+    let rx = agent.append(&tp, batch(&[b"a".to_vec()], 1)).await.unwrap();
+    agent.flush().await;
+    assert_eq!(rx.await.unwrap().unwrap().base_offset, Offset(0));
+
+    // A file where the agent's object directory should be makes every object write fail.
+    let objects = setup.dir.path().join("objects/data");
+    std::fs::rename(&objects, setup.dir.path().join("moved")).unwrap();
+    std::fs::write(&objects, b"not a directory").unwrap();
+    let rx = agent.append(&tp, batch(&[b"b".to_vec()], 2)).await.unwrap();
+    agent.flush().await;
+    let err = rx.await.unwrap().unwrap_err();
+    assert!(matches!(err, AgentError::FlushFailed { .. }), "{err}");
+    assert!(err.is_retriable());
+    assert_eq!(agent.partition_offsets(&tp).await.unwrap().0, Offset(1));
+
+    std::fs::remove_file(&objects).unwrap();
+    std::fs::rename(setup.dir.path().join("moved"), &objects).unwrap();
+    let rx = agent.append(&tp, batch(&[b"c".to_vec()], 3)).await.unwrap();
+    agent.flush().await;
+    assert_eq!(rx.await.unwrap().unwrap().base_offset, Offset(1));
+    let values: Vec<Vec<u8>> = read_all(&agent, &tp).await.into_iter().map(|r| r.1).collect();
+    assert_eq!(values, vec![b"a".to_vec(), b"c".to_vec()]);
+}
+
+#[tokio::test]
+async fn a_zombie_leader_is_fenced_and_the_new_leader_continues() {
+    let setup = Setup::new().await;
+    let zombie = setup.agent("zombie", Duration::from_millis(200)).await;
+    zombie.create_topic("t", 1, &BTreeMap::new()).await.unwrap();
+    let tp = TopicPartition::new("t", 0);
+    let rx = zombie.append(&tp, batch(&[b"1".to_vec(), b"2".to_vec()], 1)).await.unwrap();
+    zombie.flush().await;
+    assert_eq!(rx.await.unwrap().unwrap().base_offset, Offset(0));
+
+    // The zombie stops renewing (it never runs its lease keeper); its lease expires and
+    // another agent takes the partition over.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let successor = setup.agent("successor", Duration::from_secs(60)).await;
+    assert!(successor.leader_epoch(&tp).is_some(), "successor should lead after expiry");
+
+    // The zombie still believes it leads: its append is accepted locally, but the commit is
+    // refused by the epoch check and its producer is told NOT_LEADER.
+    let rx = zombie.append(&tp, batch(&[b"zombie".to_vec()], 2)).await.unwrap();
+    zombie.flush().await;
+    assert!(matches!(rx.await.unwrap(), Err(AgentError::NotLeader { .. })));
+    assert!(zombie.leader_epoch(&tp).is_none());
+
+    let rx = successor.append(&tp, batch(&[b"3".to_vec()], 3)).await.unwrap();
+    successor.flush().await;
+    assert_eq!(rx.await.unwrap().unwrap().base_offset, Offset(2));
+    let values: Vec<Vec<u8>> = read_all(&successor, &tp).await.into_iter().map(|r| r.1).collect();
+    assert_eq!(values, vec![b"1".to_vec(), b"2".to_vec(), b"3".to_vec()]);
+}
+
+#[tokio::test]
+async fn a_restarted_agent_continues_at_the_high_watermark() {
+    let setup = Setup::new().await;
+    let tp = TopicPartition::new("t", 0);
+    {
+        let agent = setup.agent("a", Duration::from_secs(60)).await;
+        agent.create_topic("t", 1, &BTreeMap::new()).await.unwrap();
+        let rx = agent.append(&tp, batch(&vec![b"x".to_vec(); 5], 1)).await.unwrap();
+        agent.flush().await;
+        rx.await.unwrap().unwrap();
+        // A write that is never committed (the process "dies" between PUT and commit).
+        setup.faulty.fail_commits.store(true, Ordering::SeqCst);
+        let rx = agent.append(&tp, batch(&[b"lost".to_vec()], 2)).await.unwrap();
+        agent.flush().await;
+        assert!(rx.await.unwrap().is_err());
+        setup.faulty.fail_commits.store(false, Ordering::SeqCst);
+    }
+    let agent = setup.agent("a", Duration::from_secs(60)).await;
+    let rx = agent.append(&tp, batch(&[b"y".to_vec()], 3)).await.unwrap();
+    agent.flush().await;
+    assert_eq!(rx.await.unwrap().unwrap().base_offset, Offset(5));
+    let values: Vec<Vec<u8>> = read_all(&agent, &tp).await.into_iter().map(|r| r.1).collect();
+    assert_eq!(values.len(), 6);
+    assert_eq!(values[5], b"y".to_vec());
+}
+
+#[tokio::test]
+async fn appends_are_validated() {
+    let setup = Setup::new().await;
+    let agent = setup.agent("a", Duration::from_secs(60)).await;
+    let mut configs = BTreeMap::new();
+    configs.insert("max.message.bytes".to_string(), "200".to_string());
+    agent.create_topic("small", 1, &configs).await.unwrap();
+    let tp = TopicPartition::new("small", 0);
+    let err = agent.append(&tp, batch(&[vec![0u8; 300]], 1)).await.unwrap_err();
+    assert!(matches!(err, AgentError::MessageTooLarge { .. }), "{err}");
+    let mut corrupt = batch(&[b"v".to_vec()], 1).to_vec();
+    let last = corrupt.len() - 1;
+    corrupt[last] ^= 0x55;
+    let err = agent.append(&tp, Bytes::from(corrupt)).await.unwrap_err();
+    assert!(matches!(err, AgentError::Corrupt { .. }), "{err}");
+    let err = agent
+        .append(&TopicPartition::new("nope", 0), batch(&[b"v".to_vec()], 1))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, AgentError::UnknownTopicOrPartition { .. }), "{err}");
+    let err = agent.append(&TopicPartition::new("small", 1), batch(&[b"v".to_vec()], 1)).await.unwrap_err();
+    assert!(matches!(err, AgentError::UnknownTopicOrPartition { .. }), "{err}");
+    assert!(matches!(
+        agent.create_topic("bad name", 1, &BTreeMap::new()).await,
+        Err(AgentError::InvalidTopic { .. })
+    ));
+    assert!(matches!(
+        agent.create_topic("small", 1, &BTreeMap::new()).await,
+        Err(AgentError::TopicAlreadyExists { .. })
+    ));
+}
+
+#[tokio::test]
+async fn log_append_time_and_list_offsets_by_time() {
+    let setup = Setup::new().await;
+    let agent = setup.agent("a", Duration::from_secs(60)).await;
+    let mut configs = BTreeMap::new();
+    configs.insert("message.timestamp.type".to_string(), "LogAppendTime".to_string());
+    agent.create_topic("lat", 1, &configs).await.unwrap();
+    agent.create_topic("ct", 1, &BTreeMap::new()).await.unwrap();
+
+    let lat = TopicPartition::new("lat", 0);
+    let before = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let rx = agent.append(&lat, batch(&[b"v".to_vec()], 5)).await.unwrap();
+    agent.flush().await;
+    let appended = rx.await.unwrap().unwrap();
+    let stamped = appended.log_append_time.unwrap();
+    assert!(stamped >= before);
+    // Consumers take a LogAppendTime batch's records' time from its header.
+    let read = agent.read(&lat, Offset(0), 1 << 20, true).await.unwrap();
+    let header = streamhouse_storage::batch::validate(&read.records[0]).unwrap()[0].header;
+    assert!(header.is_log_append_time());
+    assert_eq!(header.max_timestamp, stamped);
+
+    // CreateTime: three batches with timestamps 100.., 200.., 300..
+    let ct = TopicPartition::new("ct", 0);
+    for ts in [100, 200, 300] {
+        let rx = agent.append(&ct, batch(&[b"a".to_vec(), b"b".to_vec()], ts)).await.unwrap();
+        agent.flush().await;
+        rx.await.unwrap().unwrap();
+    }
+    assert_eq!(agent.list_offset(&ct, OffsetSpec::Earliest).await.unwrap().0, Offset(0));
+    assert_eq!(agent.list_offset(&ct, OffsetSpec::Latest).await.unwrap().0, Offset(6));
+    assert_eq!(agent.list_offset(&ct, OffsetSpec::Timestamp(0)).await.unwrap(), (Offset(0), 100));
+    assert_eq!(agent.list_offset(&ct, OffsetSpec::Timestamp(201)).await.unwrap(), (Offset(3), 201));
+    assert_eq!(agent.list_offset(&ct, OffsetSpec::Timestamp(202)).await.unwrap(), (Offset(4), 300));
+    assert_eq!(agent.list_offset(&ct, OffsetSpec::Timestamp(999)).await.unwrap().0, Offset(-1));
+
+    // Reads respect the byte budget but always return at least one batch.
+    let one = agent.read(&ct, Offset(0), 1, true).await.unwrap();
+    assert_eq!(decode(&one.records).len(), 2);
+    let none = agent.read(&ct, Offset(0), 1, false).await.unwrap();
+    assert!(none.is_empty());
+    let from_middle = agent.read(&ct, Offset(3), 1 << 20, true).await.unwrap();
+    let offsets: Vec<i64> = decode(&from_middle.records).iter().map(|r| r.0).collect();
+    assert_eq!(offsets, vec![2, 3, 4, 5], "whole batches from the one holding offset 3");
+    assert!(matches!(
+        agent.read(&ct, Offset(7), 100, true).await,
+        Err(AgentError::OffsetOutOfRange { .. })
+    ));
+}

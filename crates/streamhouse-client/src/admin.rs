@@ -1,0 +1,324 @@
+//! Topic administration: create, delete, list and describe topics, look up offsets.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::try_join_all;
+use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
+use kafka_protocol::messages::delete_topics_request::DeleteTopicState;
+use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
+use kafka_protocol::messages::{
+    BrokerId, CreateTopicsRequest, DeleteTopicsRequest, ListOffsetsRequest, MetadataResponse,
+    TopicName,
+};
+use kafka_protocol::protocol::StrBytes;
+
+use crate::cluster::Cluster;
+use crate::connection::DEFAULT_REQUEST_TIMEOUT;
+use crate::error::{is_metadata_error, ClientError};
+
+/// Where to start reading, or which offset to look up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OffsetSpec {
+    /// The log start offset (ListOffsets timestamp -2).
+    Earliest,
+    /// The high watermark: the offset the next record will get (ListOffsets timestamp -1).
+    Latest,
+    /// The first offset whose timestamp is at least this many ms since the epoch.
+    Timestamp(i64),
+}
+
+impl OffsetSpec {
+    /// The ListOffsets `timestamp` value for this spec.
+    pub fn as_list_offsets_timestamp(self) -> i64 {
+        match self {
+            OffsetSpec::Earliest => -2,
+            OffsetSpec::Latest => -1,
+            OffsetSpec::Timestamp(ts) => ts,
+        }
+    }
+}
+
+/// A topic in [`Admin::list_topics`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicSummary {
+    /// Topic name.
+    pub name: String,
+    /// Number of partitions.
+    pub partitions: i32,
+}
+
+/// One partition in a [`TopicDescription`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionDescription {
+    /// Partition index.
+    pub partition: i32,
+    /// Node id of the leader (-1 if none).
+    pub leader_node_id: i32,
+    /// Offset the next produced record will get.
+    pub high_watermark: i64,
+    /// First offset still readable.
+    pub log_start_offset: i64,
+}
+
+/// The result of [`Admin::describe_topic`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicDescription {
+    /// Topic name.
+    pub name: String,
+    /// Partitions ordered by index.
+    pub partitions: Vec<PartitionDescription>,
+}
+
+/// Administrative operations against a cluster reached through a bootstrap address.
+#[derive(Clone)]
+pub struct Admin {
+    cluster: Arc<Cluster>,
+    request_timeout: Duration,
+}
+
+impl std::fmt::Debug for Admin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Admin").finish_non_exhaustive()
+    }
+}
+
+impl Admin {
+    /// Connects to `bootstrap` ("host:port").
+    pub async fn connect(bootstrap: &str) -> Result<Admin, ClientError> {
+        Self::connect_with_timeout(bootstrap, DEFAULT_REQUEST_TIMEOUT).await
+    }
+
+    /// Connects with a custom per-request timeout.
+    pub async fn connect_with_timeout(
+        bootstrap: &str,
+        request_timeout: Duration,
+    ) -> Result<Admin, ClientError> {
+        let cluster = Cluster::connect(bootstrap, request_timeout).await?;
+        Ok(Admin {
+            cluster,
+            request_timeout,
+        })
+    }
+
+    fn timeout_ms(&self) -> i32 {
+        i32::try_from(self.request_timeout.as_millis()).unwrap_or(i32::MAX)
+    }
+
+    /// Creates `name` with `partitions` partitions and the given topic configs.
+    ///
+    /// Fails with `ClientError::Kafka { code: 36, .. }` (TOPIC_ALREADY_EXISTS) if it exists.
+    pub async fn create_topic(
+        &self,
+        name: &str,
+        partitions: i32,
+        configs: &[(String, String)],
+    ) -> Result<(), ClientError> {
+        if partitions <= 0 {
+            return Err(ClientError::InvalidInput {
+                message: format!("partition count must be positive, got {partitions}"),
+            });
+        }
+        let conn = self.cluster.controller().await?;
+        let version = conn.version_for::<CreateTopicsRequest>()?;
+        let topic = CreatableTopic::default()
+            .with_name(topic_name(name))
+            .with_num_partitions(partitions)
+            // -1 = broker default; brokers before v4 need an explicit factor.
+            .with_replication_factor(if version >= 4 { -1 } else { 1 })
+            .with_configs(
+                configs
+                    .iter()
+                    .map(|(k, v)| {
+                        CreatableTopicConfig::default()
+                            .with_name(StrBytes::from_string(k.clone()))
+                            .with_value(Some(StrBytes::from_string(v.clone())))
+                    })
+                    .collect(),
+            );
+        let req = CreateTopicsRequest::default()
+            .with_topics(vec![topic])
+            .with_timeout_ms(self.timeout_ms());
+        let resp = conn.send_versioned(req, version).await?;
+        let result = resp
+            .topics
+            .iter()
+            .find(|t| t.name.as_str() == name)
+            .ok_or_else(|| ClientError::corrupt("CreateTopics response", "topic missing"))?;
+        if result.error_code != 0 {
+            return Err(ClientError::kafka(
+                result.error_code,
+                result.error_message.as_deref(),
+            ));
+        }
+        self.cluster.invalidate(name);
+        Ok(())
+    }
+
+    /// Deletes topic `name`.
+    pub async fn delete_topic(&self, name: &str) -> Result<(), ClientError> {
+        let conn = self.cluster.controller().await?;
+        let version = conn.version_for::<DeleteTopicsRequest>()?;
+        let mut req = DeleteTopicsRequest::default().with_timeout_ms(self.timeout_ms());
+        if version >= 6 {
+            req.topics = vec![DeleteTopicState::default().with_name(Some(topic_name(name)))];
+        } else {
+            req.topic_names = vec![topic_name(name)];
+        }
+        let resp = conn.send_versioned(req, version).await?;
+        let result = resp
+            .responses
+            .iter()
+            .find(|t| t.name.as_ref().map(|n| n.as_str()) == Some(name))
+            .or(resp.responses.first())
+            .ok_or_else(|| ClientError::corrupt("DeleteTopics response", "topic missing"))?;
+        if result.error_code != 0 {
+            return Err(ClientError::kafka(
+                result.error_code,
+                result.error_message.as_deref(),
+            ));
+        }
+        self.cluster.invalidate(name);
+        Ok(())
+    }
+
+    /// All topics with their partition counts, sorted by name.
+    pub async fn list_topics(&self) -> Result<Vec<TopicSummary>, ClientError> {
+        let resp = self.cluster.fetch_metadata(None).await?;
+        let mut topics: Vec<TopicSummary> = resp
+            .topics
+            .iter()
+            .filter(|t| t.error_code == 0 && !t.is_internal)
+            .filter_map(|t| {
+                let name = t.name.as_ref()?.as_str().to_owned();
+                let partitions = i32::try_from(t.partitions.len()).ok()?;
+                Some(TopicSummary { name, partitions })
+            })
+            .collect();
+        topics.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(topics)
+    }
+
+    /// Leader, high watermark and log start offset of every partition of `name`.
+    pub async fn describe_topic(&self, name: &str) -> Result<TopicDescription, ClientError> {
+        let resp = self
+            .cluster
+            .fetch_metadata(Some(&[name.to_owned()]))
+            .await?;
+        let topic = resp
+            .topics
+            .iter()
+            .find(|t| t.name.as_ref().map(|n| n.as_str()) == Some(name))
+            .ok_or_else(|| ClientError::kafka(3, Some(name)))?;
+        if topic.error_code != 0 {
+            return Err(ClientError::kafka(topic.error_code, Some(name)));
+        }
+        let mut parts: Vec<(i32, i32)> = topic
+            .partitions
+            .iter()
+            .map(|p| (p.partition_index, p.leader_id.0))
+            .collect();
+        parts.sort_unstable();
+        let partitions = try_join_all(parts.into_iter().map(|(partition, leader)| async move {
+            let log_start_offset = self
+                .list_offsets(name, partition, OffsetSpec::Earliest)
+                .await?;
+            let high_watermark = self
+                .list_offsets(name, partition, OffsetSpec::Latest)
+                .await?;
+            Ok::<_, ClientError>(PartitionDescription {
+                partition,
+                leader_node_id: leader,
+                high_watermark,
+                log_start_offset,
+            })
+        }))
+        .await?;
+        Ok(TopicDescription {
+            name: name.to_owned(),
+            partitions,
+        })
+    }
+
+    /// Looks up one offset of `topic`/`partition` on its leader.
+    pub async fn list_offsets(
+        &self,
+        topic: &str,
+        partition: i32,
+        spec: OffsetSpec,
+    ) -> Result<i64, ClientError> {
+        list_offsets(&self.cluster, topic, partition, spec).await
+    }
+
+    /// A raw Metadata request: `None` asks for every topic.
+    pub async fn metadata(
+        &self,
+        topics: Option<&[String]>,
+    ) -> Result<MetadataResponse, ClientError> {
+        self.cluster.fetch_metadata(topics).await
+    }
+}
+
+/// ListOffsets for one partition, sent to its leader; retries once after a metadata refresh.
+pub(crate) async fn list_offsets(
+    cluster: &Cluster,
+    topic: &str,
+    partition: i32,
+    spec: OffsetSpec,
+) -> Result<i64, ClientError> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match list_offsets_once(cluster, topic, partition, spec).await {
+            Err(e)
+                if attempt < 3
+                    && (e.kafka_code().is_some_and(is_metadata_error)
+                        || matches!(e, ClientError::Disconnected)) =>
+            {
+                cluster.invalidate(topic);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+async fn list_offsets_once(
+    cluster: &Cluster,
+    topic: &str,
+    partition: i32,
+    spec: OffsetSpec,
+) -> Result<i64, ClientError> {
+    let leader = cluster.leader(topic, partition).await?;
+    if leader < 0 {
+        return Err(ClientError::kafka(5, Some(&format!("{topic}/{partition}"))));
+    }
+    let conn = cluster.broker(leader).await?;
+    let req = ListOffsetsRequest::default()
+        .with_replica_id(BrokerId(-1))
+        .with_topics(vec![ListOffsetsTopic::default()
+            .with_name(topic_name(topic))
+            .with_partitions(vec![ListOffsetsPartition::default()
+                .with_partition_index(partition)
+                .with_timestamp(spec.as_list_offsets_timestamp())])]);
+    let resp = conn.send(req).await?;
+    let p = resp
+        .topics
+        .iter()
+        .filter(|t| t.name.as_str() == topic)
+        .flat_map(|t| t.partitions.iter())
+        .find(|p| p.partition_index == partition)
+        .ok_or_else(|| ClientError::corrupt("ListOffsets response", "partition missing"))?;
+    if p.error_code != 0 {
+        return Err(ClientError::kafka(
+            p.error_code,
+            Some(&format!("{topic}/{partition}")),
+        ));
+    }
+    Ok(p.offset)
+}
+
+/// A protocol topic name from a `&str`.
+pub(crate) fn topic_name(name: &str) -> TopicName {
+    TopicName(StrBytes::from_string(name.to_owned()))
+}

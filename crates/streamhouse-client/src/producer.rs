@@ -1,0 +1,842 @@
+//! The producer: per-partition batching, pipelined Produce requests, real per-record offsets.
+//!
+//! Records go into a per-partition batch (the accumulator). A batch is closed when it
+//! reaches `batch_size` bytes or is `linger` old; a background sender task groups closed
+//! batches by partition leader, puts the batches of many partitions into one
+//! ProduceRequest, and keeps up to `max_in_flight` requests outstanding per broker. When
+//! the response arrives, each record's [`DeliveryHandle`] resolves with
+//! `base_offset + index in batch`.
+//!
+//! Ordering: requests to one broker are written in order, so without retries the records
+//! of a partition land in send order. A retried batch is sent again after newer batches of
+//! the same partition may already have been written, so with retries and
+//! `max_in_flight > 1` order within a partition can change. A request that times out may
+//! still have been applied by the broker; retrying it can then duplicate its records
+//! (there is no idempotent producer yet).
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+use kafka_protocol::messages::{ApiKey, ProduceRequest, ProduceResponse};
+use kafka_protocol::protocol::VersionRange;
+use kafka_protocol::records::Record;
+use tokio::sync::{oneshot, watch, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+
+use crate::admin::topic_name;
+use crate::cluster::Cluster;
+use crate::connection::{Connection, PendingResponse};
+use crate::error::{is_metadata_error, is_retriable_code, ClientError};
+use crate::partitioner::Partitioner;
+use crate::records::{encode_batch, to_wire_record, ProducerRecord};
+
+/// Produce versions this client builds: v13 names topics by id, which we do not track.
+const PRODUCE_VERSIONS: VersionRange = VersionRange { min: 3, max: 12 };
+
+/// Soft cap on the record bytes of one ProduceRequest.
+const MAX_REQUEST_BYTES: usize = 32 << 20;
+
+/// Producer settings. `ProducerConfig::default()` matches the Kafka Java client's spirit.
+#[derive(Debug, Clone)]
+pub struct ProducerConfig {
+    /// 0 = fire and forget (no response, no offsets), 1 = leader, -1 = all in-sync replicas.
+    pub acks: i16,
+    /// How long a batch may wait for more records before it is sent.
+    pub linger: Duration,
+    /// Close a partition's batch once it holds this many bytes.
+    pub batch_size: usize,
+    /// Produce requests in flight per broker connection.
+    pub max_in_flight: usize,
+    /// How long to wait for one Produce response (also the broker-side `timeout_ms`), and
+    /// how long `send` waits for a topic's metadata.
+    pub request_timeout: Duration,
+    /// Upper bound on the time from `send` to success or failure, retries included.
+    pub delivery_timeout: Duration,
+    /// Maximum retries of a batch; `None` retries until `delivery_timeout`.
+    pub retries: Option<u32>,
+    /// Wait before resending a batch that failed with a retriable error.
+    pub retry_backoff: Duration,
+    /// Total bytes of records waiting to be acknowledged; `send` waits for space beyond it.
+    pub buffer_memory: usize,
+}
+
+impl Default for ProducerConfig {
+    fn default() -> Self {
+        ProducerConfig {
+            acks: -1,
+            linger: Duration::from_millis(5),
+            batch_size: 1 << 20,
+            max_in_flight: 5,
+            request_timeout: Duration::from_secs(30),
+            delivery_timeout: Duration::from_secs(30),
+            retries: None,
+            retry_backoff: Duration::from_millis(100),
+            buffer_memory: 64 << 20,
+        }
+    }
+}
+
+/// Where a record was written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordMetadata {
+    /// Topic.
+    pub topic: String,
+    /// Partition.
+    pub partition: i32,
+    /// The record's offset; -1 with `acks = 0`, where the broker sends no response.
+    pub offset: i64,
+    /// The record's timestamp (log-append time if the topic uses it, else creation time).
+    pub timestamp: i64,
+}
+
+/// Resolves once the broker acknowledged (or the producer gave up on) one record.
+#[derive(Debug)]
+pub struct DeliveryHandle {
+    partition: i32,
+    rx: oneshot::Receiver<Result<RecordMetadata, ClientError>>,
+}
+
+impl DeliveryHandle {
+    /// The partition the record was assigned to.
+    pub fn partition(&self) -> i32 {
+        self.partition
+    }
+
+    /// Waits for the record's offset.
+    pub async fn wait_offset(self) -> Result<RecordMetadata, ClientError> {
+        self.rx.await.unwrap_or(Err(ClientError::Closed))
+    }
+}
+
+type Waiter = oneshot::Sender<Result<RecordMetadata, ClientError>>;
+
+/// Records of one partition sent together.
+struct Batch {
+    topic: String,
+    partition: i32,
+    records: Vec<Record>,
+    timestamps: Vec<i64>,
+    waiters: Vec<Waiter>,
+    bytes: usize,
+    /// Buffer-memory permits to give back when the batch completes.
+    permits: usize,
+    created: Instant,
+    attempts: u32,
+    retry_at: Option<Instant>,
+    encoded: Option<Bytes>,
+}
+
+impl Batch {
+    fn new(topic: String, partition: i32, now: Instant) -> Batch {
+        Batch {
+            topic,
+            partition,
+            records: Vec::new(),
+            timestamps: Vec::new(),
+            waiters: Vec::new(),
+            bytes: 0,
+            permits: 0,
+            created: now,
+            attempts: 0,
+            retry_at: None,
+            encoded: None,
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.waiters.len()
+    }
+}
+
+#[derive(Default)]
+struct Accumulator {
+    partitioner: Partitioner,
+    /// topic → partition → open batch.
+    open: HashMap<String, BTreeMap<i32, Batch>>,
+    /// Closed batches waiting to be sent, oldest first.
+    ready: VecDeque<Batch>,
+    /// Batches waiting for their retry time.
+    retry: Vec<Batch>,
+}
+
+impl Accumulator {
+    fn close(&mut self, topic: &str, partition: i32, num_partitions: i32) {
+        if let Some(b) = self.open.get_mut(topic).and_then(|m| m.remove(&partition)) {
+            self.partitioner
+                .batch_closed(topic, partition, num_partitions);
+            self.ready.push_back(b);
+        }
+    }
+}
+
+struct Shared {
+    config: ProducerConfig,
+    cluster: Arc<Cluster>,
+    acc: Mutex<Accumulator>,
+    wake: Notify,
+    buffer: Semaphore,
+    buffer_permits: usize,
+    /// Records sent but not yet completed; `flush` waits for zero.
+    outstanding: watch::Sender<u64>,
+    closed: AtomicBool,
+}
+
+impl Shared {
+    fn acc(&self) -> std::sync::MutexGuard<'_, Accumulator> {
+        self.acc.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn finished(&self, batch: &Batch) {
+        self.buffer.add_permits(batch.permits);
+        let n = u64::try_from(batch.len()).unwrap_or(u64::MAX);
+        self.outstanding.send_if_modified(|o| {
+            *o = o.saturating_sub(n);
+            *o == 0
+        });
+    }
+
+    /// Resolves every record of `batch` with its offset `base_offset + index`.
+    fn complete(&self, batch: Batch, base_offset: i64, log_append_time: i64) {
+        self.finished(&batch);
+        for (index, (waiter, ts)) in batch.waiters.into_iter().zip(batch.timestamps).enumerate() {
+            let result = offset_of(base_offset, index).map(|offset| RecordMetadata {
+                topic: batch.topic.clone(),
+                partition: batch.partition,
+                offset,
+                timestamp: if log_append_time >= 0 {
+                    log_append_time
+                } else {
+                    ts
+                },
+            });
+            // The caller may have dropped its handle; that is fine.
+            let _ = waiter.send(result);
+        }
+    }
+
+    fn fail(&self, batch: Batch, err: &ClientError) {
+        tracing::debug!(topic = %batch.topic, partition = batch.partition, error = %err, "produce batch failed");
+        self.finished(&batch);
+        for waiter in batch.waiters {
+            let _ = waiter.send(Err(err.clone()));
+        }
+    }
+
+    fn deadline(&self, batch: &Batch) -> Instant {
+        batch.created + self.config.delivery_timeout
+    }
+
+    /// Schedules `batch` for another attempt, or fails it if out of retries or time.
+    fn retry_or_fail(&self, mut batch: Batch, err: ClientError) {
+        let now = Instant::now();
+        let out_of_retries = self.config.retries.is_some_and(|r| batch.attempts > r);
+        if out_of_retries {
+            return self.fail(batch, &err);
+        }
+        let retry_at = now + self.config.retry_backoff;
+        if retry_at >= self.deadline(&batch) {
+            let timeout = ClientError::Timeout {
+                operation: format!(
+                    "delivery to {}/{} (last error: {err})",
+                    batch.topic, batch.partition
+                ),
+            };
+            return self.fail(batch, &timeout);
+        }
+        if err.kafka_code().is_some_and(is_metadata_error) {
+            self.cluster.invalidate(&batch.topic);
+        }
+        tracing::debug!(topic = %batch.topic, partition = batch.partition, error = %err, attempt = batch.attempts, "retrying produce batch");
+        batch.retry_at = Some(retry_at);
+        self.acc().retry.push(batch);
+        self.wake.notify_one();
+    }
+
+    /// Moves due batches out of the accumulator; returns them and when to look again.
+    fn collect(&self, now: Instant) -> (Vec<Batch>, Option<Instant>, Vec<Batch>) {
+        let linger = self.config.linger;
+        let mut acc = self.acc();
+        let mut next: Option<Instant> = None;
+        let mut soonest = |t: Instant| next = Some(next.map_or(t, |n: Instant| n.min(t)));
+        let mut due: Vec<(String, i32, i32)> = Vec::new();
+        for (topic, parts) in &acc.open {
+            let n = i32::try_from(parts.len()).unwrap_or(i32::MAX);
+            for (p, b) in parts {
+                let at = b.created + linger;
+                if at <= now {
+                    due.push((
+                        topic.clone(),
+                        *p,
+                        self.cluster.partition_count(topic).unwrap_or(n),
+                    ));
+                } else {
+                    soonest(at);
+                }
+            }
+        }
+        for (topic, p, n) in due {
+            acc.close(&topic, p, n);
+        }
+        let mut batches: Vec<Batch> = acc.ready.drain(..).collect();
+        let retry = std::mem::take(&mut acc.retry);
+        for b in retry {
+            match b.retry_at {
+                Some(at) if at > now => {
+                    soonest(at);
+                    acc.retry.push(b);
+                }
+                _ => batches.push(b),
+            }
+        }
+        drop(acc);
+        let (expired, live): (Vec<Batch>, Vec<Batch>) =
+            batches.into_iter().partition(|b| self.deadline(b) <= now);
+        (live, next, expired)
+    }
+}
+
+/// `base_offset + index`, checked.
+pub(crate) fn offset_of(base_offset: i64, index: usize) -> Result<i64, ClientError> {
+    i64::try_from(index)
+        .ok()
+        .and_then(|i| base_offset.checked_add(i))
+        .ok_or_else(|| ClientError::corrupt("Produce response", "base offset overflows"))
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .ok()
+        .and_then(|d| i64::try_from(d.as_millis()).ok())
+        .unwrap_or(0)
+}
+
+/// An asynchronous, batching producer. See the module docs for semantics.
+pub struct Producer {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Producer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Producer")
+            .field("config", &self.shared.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Producer {
+    /// Connects to `bootstrap` and starts the background sender.
+    pub async fn new(bootstrap: &str, config: ProducerConfig) -> Result<Producer, ClientError> {
+        if !matches!(config.acks, -1..=1) {
+            return Err(ClientError::InvalidInput {
+                message: format!("acks must be -1, 0 or 1, got {}", config.acks),
+            });
+        }
+        if config.max_in_flight == 0 || config.batch_size == 0 {
+            return Err(ClientError::InvalidInput {
+                message: "max_in_flight and batch_size must be positive".to_owned(),
+            });
+        }
+        let cluster = Cluster::connect(bootstrap, config.request_timeout).await?;
+        let buffer_permits = config.buffer_memory.clamp(1, Semaphore::MAX_PERMITS);
+        let (outstanding, _) = watch::channel(0u64);
+        let shared = Arc::new(Shared {
+            cluster,
+            acc: Mutex::default(),
+            wake: Notify::new(),
+            buffer: Semaphore::new(buffer_permits),
+            buffer_permits,
+            outstanding,
+            closed: AtomicBool::new(false),
+            config,
+        });
+        tokio::spawn(run_sender(shared.clone()));
+        Ok(Producer { shared })
+    }
+
+    /// The configuration in use.
+    pub fn config(&self) -> &ProducerConfig {
+        &self.shared.config
+    }
+
+    /// Queues `record` and returns a handle to its delivery.
+    ///
+    /// Returns once the record is in a batch; it waits only for buffer space (see
+    /// `buffer_memory`) and, for a topic not seen before, for its metadata.
+    pub async fn send(&self, record: ProducerRecord) -> Result<DeliveryHandle, ClientError> {
+        if self.shared.closed.load(Ordering::Relaxed) {
+            return Err(ClientError::Closed);
+        }
+        let num_partitions = self.partition_count(&record.topic).await?;
+        if let Some(p) = record.partition {
+            if !(0..num_partitions).contains(&p) {
+                return Err(ClientError::InvalidInput {
+                    message: format!(
+                        "partition {p} out of range for topic {} with {num_partitions} partitions",
+                        record.topic
+                    ),
+                });
+            }
+        }
+        let size = record.estimated_size();
+        let permits = size.clamp(1, self.shared.buffer_permits);
+        let permit = self
+            .shared
+            .buffer
+            .acquire_many(u32::try_from(permits).unwrap_or(u32::MAX))
+            .await
+            .map_err(|_| ClientError::Closed)?;
+        permit.forget();
+
+        let timestamp = record.timestamp.unwrap_or_else(now_ms);
+        let (tx, rx) = oneshot::channel();
+        let batch_size = self.shared.config.batch_size;
+        let now = Instant::now();
+        let (partition, wake) = {
+            let mut acc = self.shared.acc();
+            let partition = match record.partition {
+                Some(p) => p,
+                None => {
+                    acc.partitioner
+                        .partition(&record.topic, record.key.as_deref(), num_partitions)
+                }
+            };
+            let mut wake = false;
+            // Close the current batch first if this record would overflow it.
+            let overflow = acc
+                .open
+                .get(&record.topic)
+                .and_then(|m| m.get(&partition))
+                .is_some_and(|b| b.len() > 0 && b.bytes + size > batch_size);
+            if overflow {
+                acc.close(&record.topic, partition, num_partitions);
+                wake = true;
+            }
+            let parts = match acc.open.get_mut(&record.topic) {
+                Some(m) => m,
+                None => acc.open.entry(record.topic.clone()).or_default(),
+            };
+            let batch = parts.entry(partition).or_insert_with(|| {
+                wake = true;
+                Batch::new(record.topic.clone(), partition, now)
+            });
+            let index = i32::try_from(batch.len()).map_err(|_| ClientError::InvalidInput {
+                message: "too many records in one batch".to_owned(),
+            })?;
+            batch
+                .records
+                .push(to_wire_record(&record, index, timestamp));
+            batch.timestamps.push(timestamp);
+            batch.waiters.push(tx);
+            batch.bytes += size;
+            batch.permits += permits;
+            let full = batch.bytes >= batch_size;
+            if full {
+                acc.close(&record.topic, partition, num_partitions);
+                wake = true;
+            }
+            (partition, wake)
+        };
+        self.shared.outstanding.send_if_modified(|o| {
+            *o += 1;
+            false
+        });
+        if wake {
+            self.shared.wake.notify_one();
+        }
+        Ok(DeliveryHandle { partition, rx })
+    }
+
+    /// Sends `record` and waits for its offset.
+    pub async fn send_and_wait(
+        &self,
+        record: ProducerRecord,
+    ) -> Result<RecordMetadata, ClientError> {
+        self.send(record).await?.wait_offset().await
+    }
+
+    /// Sends every open batch now and waits until every record sent so far has completed
+    /// (successfully or not; check the handles for the outcome).
+    pub async fn flush(&self) -> Result<(), ClientError> {
+        {
+            let mut acc = self.shared.acc();
+            let open: Vec<(String, i32)> = acc
+                .open
+                .iter()
+                .flat_map(|(t, m)| m.keys().map(move |p| (t.clone(), *p)))
+                .collect();
+            for (t, p) in open {
+                let n = self.shared.cluster.partition_count(&t).unwrap_or(1);
+                acc.close(&t, p, n);
+            }
+        }
+        self.shared.wake.notify_one();
+        let mut rx = self.shared.outstanding.subscribe();
+        rx.wait_for(|n| *n == 0)
+            .await
+            .map(|_| ())
+            .map_err(|_| ClientError::Closed)
+    }
+
+    /// Flushes, then stops the sender. Later `send`s fail with [`ClientError::Closed`].
+    pub async fn close(self) -> Result<(), ClientError> {
+        self.flush().await
+        // Drop marks the producer closed.
+    }
+
+    /// Partition count of `topic`, waiting (up to `request_timeout`) for it to appear.
+    async fn partition_count(&self, topic: &str) -> Result<i32, ClientError> {
+        if let Some(n) = self.shared.cluster.partition_count(topic) {
+            return Ok(n);
+        }
+        let deadline = Instant::now() + self.shared.config.request_timeout;
+        loop {
+            match self.shared.cluster.topic_or_refresh(topic).await {
+                Ok(meta) if !meta.leaders.is_empty() => {
+                    return i32::try_from(meta.leaders.len()).map_err(|_| {
+                        ClientError::corrupt("Metadata response", "too many partitions")
+                    })
+                }
+                Ok(_) => {}
+                Err(e) if !e.is_retriable() => return Err(e),
+                Err(e) if Instant::now() >= deadline => return Err(e),
+                Err(_) => {}
+            }
+            if Instant::now() >= deadline {
+                return Err(ClientError::kafka(3, Some(topic)));
+            }
+            self.shared.cluster.invalidate(topic);
+            tokio::time::sleep(self.shared.config.retry_backoff).await;
+        }
+    }
+}
+
+impl Drop for Producer {
+    fn drop(&mut self) {
+        // The sender drains what is queued, then exits.
+        self.shared.closed.store(true, Ordering::Relaxed);
+        self.shared.wake.notify_one();
+    }
+}
+
+/// The background task: collects due batches, routes them to leaders, sends requests.
+async fn run_sender(shared: Arc<Shared>) {
+    let mut in_flight: HashMap<i32, Arc<Semaphore>> = HashMap::new();
+    loop {
+        let now = Instant::now();
+        let (batches, next, expired) = shared.collect(now);
+        for b in expired {
+            let err = ClientError::Timeout {
+                operation: format!("delivery to {}/{}", b.topic, b.partition),
+            };
+            shared.fail(b, &err);
+        }
+        if batches.is_empty() {
+            if shared.closed.load(Ordering::Relaxed) && *shared.outstanding.borrow() == 0 {
+                return;
+            }
+            let sleep_until = next.unwrap_or(now + Duration::from_secs(1));
+            tokio::select! {
+                _ = shared.wake.notified() => {}
+                _ = tokio::time::sleep_until(sleep_until) => {}
+            }
+            continue;
+        }
+
+        // Route to leaders.
+        let mut by_leader: BTreeMap<i32, Vec<Batch>> = BTreeMap::new();
+        for b in batches {
+            match shared.cluster.leader(&b.topic, b.partition).await {
+                Ok(leader) if leader >= 0 => by_leader.entry(leader).or_default().push(b),
+                Ok(_) => shared.retry_or_fail(b, ClientError::kafka(5, None)),
+                Err(e) if e.is_retriable() => shared.retry_or_fail(b, e),
+                Err(e) => shared.fail(b, &e),
+            }
+        }
+
+        for (leader, group) in by_leader {
+            let conn = match shared.cluster.broker(leader).await {
+                Ok(c) => c,
+                Err(e) => {
+                    for b in group {
+                        shared.retry_or_fail(b, e.clone());
+                    }
+                    continue;
+                }
+            };
+            let limit = in_flight
+                .entry(leader)
+                .or_insert_with(|| Arc::new(Semaphore::new(shared.config.max_in_flight)))
+                .clone();
+            for request in split_requests(group) {
+                let Ok(permit) = limit.clone().acquire_owned().await else {
+                    return;
+                };
+                send_request(&shared, &conn, request, permit).await;
+            }
+        }
+    }
+}
+
+/// Splits batches into requests with at most one batch per partition and bounded size,
+/// keeping each partition's batches in order.
+fn split_requests(group: Vec<Batch>) -> Vec<Vec<Batch>> {
+    let mut requests: Vec<(Vec<Batch>, usize)> = Vec::new();
+    for b in group {
+        // The first request after the last one holding this partition, with room.
+        let after = requests
+            .iter()
+            .rposition(|(r, _)| {
+                r.iter()
+                    .any(|x| x.partition == b.partition && x.topic == b.topic)
+            })
+            .map_or(0, |i| i + 1);
+        let slot = requests
+            .iter()
+            .skip(after)
+            .position(|(_, bytes)| *bytes + b.bytes <= MAX_REQUEST_BYTES)
+            .map(|i| i + after);
+        match slot {
+            Some(i) => {
+                requests[i].1 += b.bytes;
+                requests[i].0.push(b);
+            }
+            None => {
+                let bytes = b.bytes;
+                requests.push((vec![b], bytes));
+            }
+        }
+    }
+    requests.into_iter().map(|(r, _)| r).collect()
+}
+
+/// Encodes and writes one ProduceRequest; spawns a task that handles its response.
+async fn send_request(
+    shared: &Arc<Shared>,
+    conn: &Connection,
+    mut batches: Vec<Batch>,
+    permit: OwnedSemaphorePermit,
+) {
+    let version = match conn.negotiate(ApiKey::Produce, PRODUCE_VERSIONS) {
+        Ok(v) => v,
+        Err(e) => {
+            for b in batches {
+                shared.fail(b, &e);
+            }
+            return;
+        }
+    };
+    // Encode (once per batch; retries reuse the bytes).
+    let mut encoded_ok = Vec::with_capacity(batches.len());
+    for mut b in batches.drain(..) {
+        if b.encoded.is_none() {
+            match encode_batch(&b.records) {
+                Ok(bytes) => {
+                    b.encoded = Some(bytes);
+                    b.records = Vec::new();
+                }
+                Err(e) => {
+                    shared.fail(b, &e);
+                    continue;
+                }
+            }
+        }
+        b.attempts += 1;
+        encoded_ok.push(b);
+    }
+    let batches = encoded_ok;
+    if batches.is_empty() {
+        return;
+    }
+    let mut topics: BTreeMap<&str, Vec<PartitionProduceData>> = BTreeMap::new();
+    for b in &batches {
+        topics.entry(&b.topic).or_default().push(
+            PartitionProduceData::default()
+                .with_index(b.partition)
+                .with_records(b.encoded.clone()),
+        );
+    }
+    let req = ProduceRequest::default()
+        .with_acks(shared.config.acks)
+        .with_timeout_ms(
+            i32::try_from(shared.config.request_timeout.as_millis()).unwrap_or(i32::MAX),
+        )
+        .with_topic_data(
+            topics
+                .into_iter()
+                .map(|(t, parts)| {
+                    TopicProduceData::default()
+                        .with_name(topic_name(t))
+                        .with_partition_data(parts)
+                })
+                .collect(),
+        );
+
+    if shared.config.acks == 0 {
+        let res = conn.send_no_response(&req, version).await;
+        drop(permit);
+        for b in batches {
+            match &res {
+                // No response means no offsets: -1 by contract.
+                Ok(()) => shared.complete_without_offset(b),
+                Err(e) => shared.retry_or_fail(b, e.clone()),
+            }
+        }
+        return;
+    }
+
+    match conn.start(&req, version).await {
+        Ok(pending) => {
+            let shared = shared.clone();
+            tokio::spawn(async move {
+                handle_response(&shared, pending, batches).await;
+                drop(permit);
+            });
+        }
+        Err(e) => {
+            for b in batches {
+                shared.retry_or_fail(b, e.clone());
+            }
+        }
+    }
+}
+
+impl Shared {
+    fn complete_without_offset(&self, batch: Batch) {
+        self.finished(&batch);
+        for (waiter, ts) in batch.waiters.into_iter().zip(batch.timestamps) {
+            let _ = waiter.send(Ok(RecordMetadata {
+                topic: batch.topic.clone(),
+                partition: batch.partition,
+                offset: -1,
+                timestamp: ts,
+            }));
+        }
+    }
+}
+
+async fn handle_response(
+    shared: &Shared,
+    pending: PendingResponse<ProduceResponse>,
+    batches: Vec<Batch>,
+) {
+    let resp = match pending.wait().await {
+        Ok(r) => r,
+        Err(e) => {
+            for b in batches {
+                if e.is_retriable() {
+                    shared.retry_or_fail(b, e.clone());
+                } else {
+                    shared.fail(b, &e);
+                }
+            }
+            return;
+        }
+    };
+    for b in batches {
+        let part = resp
+            .responses
+            .iter()
+            .filter(|t| t.name.as_str() == b.topic)
+            .flat_map(|t| t.partition_responses.iter())
+            .find(|p| p.index == b.partition);
+        let Some(p) = part else {
+            let e = ClientError::corrupt(
+                "Produce response",
+                format!("no result for {}/{}", b.topic, b.partition),
+            );
+            shared.fail(b, &e);
+            continue;
+        };
+        if p.error_code == 0 {
+            shared.complete(b, p.base_offset, p.log_append_time_ms);
+            continue;
+        }
+        let e = ClientError::kafka(p.error_code, p.error_message.as_deref());
+        if is_retriable_code(p.error_code) {
+            shared.retry_or_fail(b, e);
+        } else {
+            shared.fail(b, &e);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn offsets_are_base_plus_index() {
+        assert_eq!(offset_of(0, 0).expect("ok"), 0);
+        assert_eq!(offset_of(41, 1).expect("ok"), 42);
+        assert_eq!(offset_of(1000, 999).expect("ok"), 1999);
+        assert!(offset_of(i64::MAX, 1).is_err());
+    }
+
+    #[tokio::test]
+    async fn complete_resolves_each_handle_with_its_offset() {
+        let batch_waiters: Vec<_> = (0..4).map(|_| oneshot::channel()).collect();
+        let mut batch = Batch::new("t".into(), 2, Instant::now());
+        let mut rxs = Vec::new();
+        for (i, (tx, rx)) in batch_waiters.into_iter().enumerate() {
+            batch.waiters.push(tx);
+            batch
+                .timestamps
+                .push(100 + i64::try_from(i).expect("small"));
+            rxs.push(DeliveryHandle { partition: 2, rx });
+        }
+        let shared = test_shared().await;
+        shared.complete(batch, 500, -1);
+        for (i, h) in rxs.into_iter().enumerate() {
+            let m = h.wait_offset().await.expect("delivered");
+            let i = i64::try_from(i).expect("small");
+            assert_eq!(m.offset, 500 + i);
+            assert_eq!(m.timestamp, 100 + i);
+            assert_eq!(m.partition, 2);
+        }
+    }
+
+    #[test]
+    fn split_keeps_one_batch_per_partition_per_request() {
+        let now = Instant::now();
+        let group = vec![
+            Batch::new("a".into(), 0, now),
+            Batch::new("a".into(), 1, now),
+            Batch::new("a".into(), 0, now),
+            Batch::new("b".into(), 0, now),
+            Batch::new("a".into(), 0, now),
+        ];
+        let reqs = split_requests(group);
+        let shape: Vec<Vec<(String, i32)>> = reqs
+            .iter()
+            .map(|r| r.iter().map(|b| (b.topic.clone(), b.partition)).collect())
+            .collect();
+        assert_eq!(
+            shape,
+            vec![
+                vec![("a".into(), 0), ("a".into(), 1), ("b".into(), 0)],
+                vec![("a".into(), 0)],
+                vec![("a".into(), 0)],
+            ]
+        );
+    }
+
+    /// A `Shared` whose cluster is never contacted.
+    async fn test_shared() -> Shared {
+        let (outstanding, _) = watch::channel(4u64);
+        Shared {
+            config: ProducerConfig::default(),
+            cluster: Cluster::offline("unused:0"),
+            acc: Mutex::default(),
+            wake: Notify::new(),
+            buffer: Semaphore::new(1),
+            buffer_permits: 1,
+            outstanding,
+            closed: AtomicBool::new(false),
+        }
+    }
+}
