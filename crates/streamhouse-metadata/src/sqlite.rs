@@ -60,7 +60,10 @@ impl SqliteStore {
             .collect())
     }
 
-    fn topic_from_row(row: &sqlx::sqlite::SqliteRow, configs: BTreeMap<String, String>) -> Result<Topic> {
+    fn topic_from_row(
+        row: &sqlx::sqlite::SqliteRow,
+        configs: BTreeMap<String, String>,
+    ) -> Result<Topic> {
         let id: String = row.get("topic_id");
         let id = uuid::Uuid::parse_str(&id).map_err(|e| MetadataError::Corrupt {
             message: format!("topic id {id:?}: {e}"),
@@ -76,7 +79,10 @@ impl SqliteStore {
 }
 
 fn partition_from_row(row: &sqlx::sqlite::SqliteRow) -> PartitionState {
-    let tp = TopicPartition::new(row.get::<String, _>("topic"), row.get::<i32, _>("partition_id"));
+    let tp = TopicPartition::new(
+        row.get::<String, _>("topic"),
+        row.get::<i32, _>("partition_id"),
+    );
     let holder: Option<String> = row.get("holder");
     let lease = holder.map(|holder| Lease {
         tp: tp.clone(),
@@ -128,7 +134,8 @@ fn to_i64(v: u64) -> Result<i64> {
     })
 }
 
-const PARTITION_SELECT: &str = "SELECT p.topic, p.partition_id, p.high_watermark, p.log_start_offset, \
+const PARTITION_SELECT: &str =
+    "SELECT p.topic, p.partition_id, p.high_watermark, p.log_start_offset, \
      CASE WHEN l.expires_at_ms > NOW THEN l.holder END AS holder, l.epoch, l.expires_at_ms \
      FROM partitions p LEFT JOIN leases l ON l.topic = p.topic AND l.partition_id = p.partition_id";
 
@@ -231,11 +238,13 @@ impl MetadataStore for SqliteStore {
     }
 
     async fn get_topic(&self, name: &str) -> Result<Option<Topic>> {
-        let row = sqlx::query("SELECT name, topic_id, partitions, created_at_ms FROM topics WHERE name = ?")
-            .bind(name)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(MetadataError::db("read topic"))?;
+        let row = sqlx::query(
+            "SELECT name, topic_id, partitions, created_at_ms FROM topics WHERE name = ?",
+        )
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(MetadataError::db("read topic"))?;
         match row {
             None => Ok(None),
             Some(row) => {
@@ -246,10 +255,12 @@ impl MetadataStore for SqliteStore {
     }
 
     async fn list_topics(&self) -> Result<Vec<Topic>> {
-        let rows = sqlx::query("SELECT name, topic_id, partitions, created_at_ms FROM topics ORDER BY name")
-            .fetch_all(&self.pool)
-            .await
-            .map_err(MetadataError::db("list topics"))?;
+        let rows = sqlx::query(
+            "SELECT name, topic_id, partitions, created_at_ms FROM topics ORDER BY name",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(MetadataError::db("list topics"))?;
         let config_rows = sqlx::query("SELECT topic, name, value FROM topic_configs")
             .fetch_all(&self.pool)
             .await
@@ -270,21 +281,25 @@ impl MetadataStore for SqliteStore {
     }
 
     async fn list_partitions(&self, topic: &str) -> Result<Vec<PartitionState>> {
-        let rows = sqlx::query(&partition_select("WHERE p.topic = ? ORDER BY p.partition_id"))
-            .bind(topic)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(MetadataError::db("list partitions"))?;
+        let rows = sqlx::query(&partition_select(
+            "WHERE p.topic = ? ORDER BY p.partition_id",
+        ))
+        .bind(topic)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(MetadataError::db("list partitions"))?;
         Ok(rows.iter().map(partition_from_row).collect())
     }
 
     async fn get_partition(&self, tp: &TopicPartition) -> Result<Option<PartitionState>> {
-        let row = sqlx::query(&partition_select("WHERE p.topic = ? AND p.partition_id = ?"))
-            .bind(&tp.topic)
-            .bind(tp.partition.0)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(MetadataError::db("read partition"))?;
+        let row = sqlx::query(&partition_select(
+            "WHERE p.topic = ? AND p.partition_id = ?",
+        ))
+        .bind(&tp.topic)
+        .bind(tp.partition.0)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(MetadataError::db("read partition"))?;
         Ok(row.as_ref().map(partition_from_row))
     }
 
@@ -470,11 +485,18 @@ impl MetadataStore for SqliteStore {
             };
             let high_watermark = Offset(row.get("high_watermark"));
             let lease_holder: Option<String> = row.get("holder");
-            let lease_epoch = LeaseEpoch(row.try_get::<Option<i64>, _>("epoch").ok().flatten().unwrap_or(0));
+            let lease_epoch = LeaseEpoch(
+                row.try_get::<Option<i64>, _>("epoch")
+                    .ok()
+                    .flatten()
+                    .unwrap_or(0),
+            );
             // The fence: only the holder of the current epoch may append. Expiry alone does
             // not fence: until someone else acquires the lease (and bumps the epoch), the
             // holder's appends cannot conflict with anyone's.
-            if lease_holder.as_deref() != Some(commit.holder.0.as_str()) || lease_epoch != commit.epoch {
+            if lease_holder.as_deref() != Some(commit.holder.0.as_str())
+                || lease_epoch != commit.epoch
+            {
                 results.push(Err(CommitRejection::Fenced {
                     tp: tp.clone(),
                     holder: lease_holder.map(AgentId),
@@ -505,13 +527,15 @@ impl MetadataStore for SqliteStore {
             .execute(&mut *tx)
             .await
             .map_err(MetadataError::db("insert index entry"))?;
-            sqlx::query("UPDATE partitions SET high_watermark = ? WHERE topic = ? AND partition_id = ?")
-                .bind(entry.end_offset.0)
-                .bind(&tp.topic)
-                .bind(tp.partition.0)
-                .execute(&mut *tx)
-                .await
-                .map_err(MetadataError::db("advance high watermark"))?;
+            sqlx::query(
+                "UPDATE partitions SET high_watermark = ? WHERE topic = ? AND partition_id = ?",
+            )
+            .bind(entry.end_offset.0)
+            .bind(&tp.topic)
+            .bind(tp.partition.0)
+            .execute(&mut *tx)
+            .await
+            .map_err(MetadataError::db("advance high watermark"))?;
             any_accepted = true;
             results.push(Ok(()));
         }
@@ -526,7 +550,9 @@ impl MetadataStore for SqliteStore {
             .await
             .map_err(MetadataError::db("record object"))?;
         }
-        tx.commit().await.map_err(MetadataError::db("commit flush"))?;
+        tx.commit()
+            .await
+            .map_err(MetadataError::db("commit flush"))?;
         Ok(results)
     }
 

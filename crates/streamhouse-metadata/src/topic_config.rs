@@ -57,17 +57,13 @@ impl TopicConfig {
         let mut config = TopicConfig::default();
         for (name, value) in configs {
             match name.as_str() {
-                "message.timestamp.type" => {
-                    config.timestamp_type = match value.as_str() {
-                        "CreateTime" => TimestampType::CreateTime,
-                        "LogAppendTime" => TimestampType::LogAppendTime,
-                        _ => {
-                            return Err(format!(
-                            "message.timestamp.type must be CreateTime or LogAppendTime, not {value:?}"
-                        ))
-                        }
-                    }
-                }
+                "message.timestamp.type" => config.timestamp_type = match value.as_str() {
+                    "CreateTime" => TimestampType::CreateTime,
+                    "LogAppendTime" => TimestampType::LogAppendTime,
+                    _ => return Err(format!(
+                        "message.timestamp.type must be CreateTime or LogAppendTime, not {value:?}"
+                    )),
+                },
                 "max.message.bytes" => {
                     config.max_message_bytes = parse_number(name, value)?;
                     if config.max_message_bytes < 0 {
@@ -133,7 +129,10 @@ mod tests {
         .unwrap();
         assert_eq!(c.timestamp_type, TimestampType::LogAppendTime);
         assert_eq!(c.max_message_bytes, 2048);
-        assert_eq!(TopicConfig::parse(&BTreeMap::new()).unwrap(), TopicConfig::default());
+        assert_eq!(
+            TopicConfig::parse(&BTreeMap::new()).unwrap(),
+            TopicConfig::default()
+        );
     }
 
     #[test]

@@ -67,10 +67,15 @@ async fn topics_are_created_listed_and_deleted() {
         ));
         let got = store.get_topic("orders").await.unwrap().unwrap();
         assert_eq!(got, t);
-        assert_eq!(got.configs.get("max.message.bytes").map(String::as_str), Some("2048"));
+        assert_eq!(
+            got.configs.get("max.message.bytes").map(String::as_str),
+            Some("2048")
+        );
         let parts = store.list_partitions("orders").await.unwrap();
         assert_eq!(parts.len(), 3);
-        assert!(parts.iter().all(|p| p.high_watermark == Offset(0) && p.lease.is_none()));
+        assert!(parts
+            .iter()
+            .all(|p| p.high_watermark == Offset(0) && p.lease.is_none()));
         assert_eq!(store.list_topics().await.unwrap().len(), 1);
         store.delete_topic("orders").await.unwrap();
         assert!(store.get_topic("orders").await.unwrap().is_none());
@@ -114,14 +119,22 @@ async fn lease_epochs_grow_on_acquire_only() {
         // Held by a: b cannot take it.
         assert!(store.acquire_lease(&tp, &b, ttl).await.unwrap().is_none());
         // Renewal keeps the epoch.
-        let r = store.renew_lease(&tp, &a, l1.epoch, ttl).await.unwrap().unwrap();
+        let r = store
+            .renew_lease(&tp, &a, l1.epoch, ttl)
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(r.epoch, l1.epoch);
         assert!(r.expires_at_ms >= l1.expires_at_ms);
         // Release, then b acquires with a new epoch; a's renewal now fails.
         store.release_lease(&tp, &a, l1.epoch).await.unwrap();
         let l2 = store.acquire_lease(&tp, &b, ttl).await.unwrap().unwrap();
         assert_eq!(l2.epoch, LeaseEpoch(2));
-        assert!(store.renew_lease(&tp, &a, l1.epoch, ttl).await.unwrap().is_none());
+        assert!(store
+            .renew_lease(&tp, &a, l1.epoch, ttl)
+            .await
+            .unwrap()
+            .is_none());
         let p = store.get_partition(&tp).await.unwrap().unwrap();
         assert_eq!(p.lease.unwrap().holder, b);
         // An expired lease can be taken over.
@@ -163,14 +176,28 @@ async fn commits_are_fenced_by_epoch_and_high_watermark() {
             .await
             .unwrap();
         assert_eq!(res, vec![Ok(()), Ok(())]);
-        assert_eq!(store.get_partition(&p0).await.unwrap().unwrap().high_watermark, Offset(5));
+        assert_eq!(
+            store
+                .get_partition(&p0)
+                .await
+                .unwrap()
+                .unwrap()
+                .high_watermark,
+            Offset(5)
+        );
 
         // A stale expected high watermark is refused and changes nothing.
         let res = store
-            .commit(&object("o2", &a), &[commit_for(&a, l0.epoch, &p0, 3, 9, "o2")])
+            .commit(
+                &object("o2", &a),
+                &[commit_for(&a, l0.epoch, &p0, 3, 9, "o2")],
+            )
             .await
             .unwrap();
-        assert!(matches!(res[0], Err(CommitRejection::OffsetMismatch { .. })));
+        assert!(matches!(
+            res[0],
+            Err(CommitRejection::OffsetMismatch { .. })
+        ));
 
         // b takes p1 over (after a releases); a's commit with the old epoch is fenced, while
         // its p0 share in the same commit still lands.
@@ -188,9 +215,20 @@ async fn commits_are_fenced_by_epoch_and_high_watermark() {
             .unwrap();
         assert_eq!(res[0], Ok(()));
         assert!(matches!(res[1], Err(CommitRejection::Fenced { .. })));
-        assert_eq!(store.get_partition(&p1).await.unwrap().unwrap().high_watermark, Offset(3));
+        assert_eq!(
+            store
+                .get_partition(&p1)
+                .await
+                .unwrap()
+                .unwrap()
+                .high_watermark,
+            Offset(3)
+        );
         let res = store
-            .commit(&object("o4", &b), &[commit_for(&b, lb.epoch, &p1, 3, 4, "o4")])
+            .commit(
+                &object("o4", &b),
+                &[commit_for(&b, lb.epoch, &p1, 3, 4, "o4")],
+            )
             .await
             .unwrap();
         assert_eq!(res, vec![Ok(())]);
@@ -198,16 +236,31 @@ async fn commits_are_fenced_by_epoch_and_high_watermark() {
         // The index answers by offset and by time.
         let entries = store.find_entries(&p0, Offset(0), 10).await.unwrap();
         assert_eq!(
-            entries.iter().map(|e| (e.base_offset.0, e.end_offset.0)).collect::<Vec<_>>(),
+            entries
+                .iter()
+                .map(|e| (e.base_offset.0, e.end_offset.0))
+                .collect::<Vec<_>>(),
             vec![(0, 5), (5, 7)]
         );
         let entries = store.find_entries(&p0, Offset(5), 10).await.unwrap();
         assert_eq!(entries.len(), 1);
         assert_eq!(entries[0].object_key, "o3");
-        assert!(store.find_entries(&p0, Offset(7), 10).await.unwrap().is_empty());
-        let by_time = store.find_entry_by_timestamp(&p0, 1006).await.unwrap().unwrap();
+        assert!(store
+            .find_entries(&p0, Offset(7), 10)
+            .await
+            .unwrap()
+            .is_empty());
+        let by_time = store
+            .find_entry_by_timestamp(&p0, 1006)
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(by_time.base_offset, Offset(5));
-        assert!(store.find_entry_by_timestamp(&p0, 5000).await.unwrap().is_none());
+        assert!(store
+            .find_entry_by_timestamp(&p0, 5000)
+            .await
+            .unwrap()
+            .is_none());
     }
 }
 
@@ -224,7 +277,10 @@ async fn a_recreated_topic_continues_lease_epochs() {
         let new = store.acquire_lease(&tp, &a, ttl).await.unwrap().unwrap();
         assert!(new.epoch > old.epoch);
         let res = store
-            .commit(&object("o", &a), &[commit_for(&a, old.epoch, &tp, 0, 1, "o")])
+            .commit(
+                &object("o", &a),
+                &[commit_for(&a, old.epoch, &tp, 0, 1, "o")],
+            )
             .await
             .unwrap();
         assert!(matches!(res[0], Err(CommitRejection::Fenced { .. })));

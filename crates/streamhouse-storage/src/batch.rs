@@ -33,8 +33,14 @@ pub enum BatchError {
     },
     #[error("record batch at byte {at} has magic {magic}; only magic 2 is supported")]
     UnsupportedMagic { at: usize, magic: i8 },
-    #[error("record batch at byte {at} fails its CRC: stored {stored:#010x}, computed {computed:#010x}")]
-    CrcMismatch { at: usize, stored: u32, computed: u32 },
+    #[error(
+        "record batch at byte {at} fails its CRC: stored {stored:#010x}, computed {computed:#010x}"
+    )]
+    CrcMismatch {
+        at: usize,
+        stored: u32,
+        computed: u32,
+    },
     #[error("record batch at byte {at} is invalid: {reason}")]
     Invalid { at: usize, reason: String },
     #[error("no record batch in the request")]
@@ -266,11 +272,11 @@ mod tests {
         let mut records = Vec::new();
         for i in 0..n {
             let body = [
-                0u8,            // attributes
+                0u8,               // attributes
                 zig(i64::from(i)), // timestamp delta
                 zig(i64::from(i)), // offset delta
-                zig(-1),        // key length: null
-                zig(1),         // value length
+                zig(-1),           // key length: null
+                zig(1),            // value length
                 b'v',
                 0, // headers count
             ];
@@ -279,7 +285,11 @@ mod tests {
         }
         let mut b = Vec::new();
         b.extend_from_slice(&0i64.to_be_bytes());
-        b.extend_from_slice(&i32::try_from(HEADER_LEN - LOG_OVERHEAD + records.len()).unwrap().to_be_bytes());
+        b.extend_from_slice(
+            &i32::try_from(HEADER_LEN - LOG_OVERHEAD + records.len())
+                .unwrap()
+                .to_be_bytes(),
+        );
         b.extend_from_slice(&(-1i32).to_be_bytes());
         b.push(2);
         b.extend_from_slice(&0u32.to_be_bytes());
@@ -318,12 +328,24 @@ mod tests {
         let mut bad_crc = good.clone();
         let last = bad_crc.len() - 1;
         bad_crc[last] ^= 0xff;
-        assert!(matches!(validate(&bad_crc), Err(BatchError::CrcMismatch { .. })));
+        assert!(matches!(
+            validate(&bad_crc),
+            Err(BatchError::CrcMismatch { .. })
+        ));
         let mut bad_magic = good.clone();
         bad_magic[16] = 1;
-        assert!(matches!(validate(&bad_magic), Err(BatchError::UnsupportedMagic { .. })));
-        assert!(matches!(validate(&good[..good.len() - 1]), Err(BatchError::Truncated { .. })));
-        assert!(matches!(validate(&[1, 2, 3]), Err(BatchError::Truncated { .. })));
+        assert!(matches!(
+            validate(&bad_magic),
+            Err(BatchError::UnsupportedMagic { .. })
+        ));
+        assert!(matches!(
+            validate(&good[..good.len() - 1]),
+            Err(BatchError::Truncated { .. })
+        ));
+        assert!(matches!(
+            validate(&[1, 2, 3]),
+            Err(BatchError::Truncated { .. })
+        ));
         assert!(matches!(validate(&[]), Err(BatchError::Empty)));
         let mut negative_len = good.clone();
         negative_len[8..12].copy_from_slice(&(-5i32).to_be_bytes());
@@ -335,7 +357,10 @@ mod tests {
         let mut b = sample_batch(4, 100);
         assign_offset(&mut b, 42, 7);
         let h = validate(&b).unwrap()[0].header;
-        assert_eq!((h.base_offset, h.partition_leader_epoch, h.last_offset()), (42, 7, 45));
+        assert_eq!(
+            (h.base_offset, h.partition_leader_epoch, h.last_offset()),
+            (42, 7, 45)
+        );
         stamp_log_append_time(&mut b, 99_999);
         let h = validate(&b).unwrap()[0].header;
         assert!(h.is_log_append_time());
@@ -345,7 +370,10 @@ mod tests {
     #[test]
     fn reads_record_timestamps_of_uncompressed_batches() {
         let b = sample_batch(3, 500);
-        assert_eq!(record_timestamps(&b).unwrap(), vec![(0, 500), (1, 501), (2, 502)]);
+        assert_eq!(
+            record_timestamps(&b).unwrap(),
+            vec![(0, 500), (1, 501), (2, 502)]
+        );
         let mut compressed = b.clone();
         compressed[22] |= 1;
         assert_eq!(record_timestamps(&compressed), None);

@@ -80,7 +80,8 @@ impl ObjectBuilder {
         for c in &self.chunks {
             let topic = c.tp.topic.as_bytes();
             // Topic names are at most 249 bytes (validated at creation).
-            self.data.put_u16(u16::try_from(topic.len()).unwrap_or(u16::MAX));
+            self.data
+                .put_u16(u16::try_from(topic.len()).unwrap_or(u16::MAX));
             self.data.put_slice(topic);
             self.data.put_i32(c.tp.partition.0);
             self.data.put_i64(c.base_offset.0);
@@ -164,8 +165,20 @@ mod tests {
     #[test]
     fn footer_round_trips() {
         let mut b = ObjectBuilder::default();
-        b.add_chunk(TopicPartition::new("a", 0), Offset(0), Offset(3), 10, b"xxx");
-        b.add_chunk(TopicPartition::new("bb", 7), Offset(5), Offset(6), 20, b"yy");
+        b.add_chunk(
+            TopicPartition::new("a", 0),
+            Offset(0),
+            Offset(3),
+            10,
+            b"xxx",
+        );
+        b.add_chunk(
+            TopicPartition::new("bb", 7),
+            Offset(5),
+            Offset(6),
+            20,
+            b"yy",
+        );
         let (bytes, chunks) = b.finish();
         assert_eq!(read_footer(&bytes).unwrap(), chunks);
         assert_eq!(&bytes[3..5], b"yy");

@@ -76,7 +76,11 @@ impl ObjectStorage {
             ..PutOptions::default()
         };
         self.store
-            .put_opts(&Path::from(key), PutPayload::from_bytes(bytes.clone()), opts)
+            .put_opts(
+                &Path::from(key),
+                PutPayload::from_bytes(bytes.clone()),
+                opts,
+            )
             .await
             .map_err(|source| match source {
                 object_store::Error::AlreadyExists { .. } => StorageError::AlreadyExists {
@@ -125,15 +129,15 @@ impl ObjectStorage {
 
     /// Reads a whole object (tools and tests), bypassing the cache.
     pub async fn read_object(&self, key: &str) -> Result<Bytes, StorageError> {
-        let result = self
-            .store
-            .get(&Path::from(key))
-            .await
-            .map_err(|source| StorageError::Unavailable {
-                context: "read",
-                key: key.to_string(),
-                source,
-            })?;
+        let result =
+            self.store
+                .get(&Path::from(key))
+                .await
+                .map_err(|source| StorageError::Unavailable {
+                    context: "read",
+                    key: key.to_string(),
+                    source,
+                })?;
         result
             .bytes()
             .await
@@ -152,12 +156,17 @@ mod tests {
     #[tokio::test]
     async fn objects_are_create_only_and_ranges_read_back() {
         let s = ObjectStorage::open("memory://", 0).unwrap();
-        s.put_new("a/b", Bytes::from_static(b"hello world")).await.unwrap();
+        s.put_new("a/b", Bytes::from_static(b"hello world"))
+            .await
+            .unwrap();
         assert!(matches!(
             s.put_new("a/b", Bytes::from_static(b"other")).await,
             Err(StorageError::AlreadyExists { .. })
         ));
-        assert_eq!(s.read_range("a/b", 6..11).await.unwrap(), Bytes::from_static(b"world"));
+        assert_eq!(
+            s.read_range("a/b", 6..11).await.unwrap(),
+            Bytes::from_static(b"world")
+        );
         assert!(matches!(
             s.read_range("missing", 0..1).await,
             Err(StorageError::NotFound { .. })
@@ -169,9 +178,14 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("sh-store-{}", std::process::id()));
         let url = format!("file://{}", dir.display());
         let s = ObjectStorage::open(&url, 1 << 20).unwrap();
-        s.put_new("x/y.obj", Bytes::from_static(b"abc")).await.unwrap();
+        s.put_new("x/y.obj", Bytes::from_static(b"abc"))
+            .await
+            .unwrap();
         assert_eq!(std::fs::read(dir.join("x/y.obj")).unwrap(), b"abc");
-        assert_eq!(s.read_range("x/y.obj", 1..3).await.unwrap(), Bytes::from_static(b"bc"));
+        assert_eq!(
+            s.read_range("x/y.obj", 1..3).await.unwrap(),
+            Bytes::from_static(b"bc")
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
