@@ -27,6 +27,9 @@ pub struct BenchConfig {
     pub batch_size: usize,
     /// Produce requests in flight per broker connection.
     pub max_in_flight: usize,
+    /// Bytes a producer may have sent but not yet acknowledged; `send` waits beyond it.
+    /// Produce latency includes this queue, so it bounds latency at a given throughput.
+    pub buffer_memory: usize,
     /// Whether the caller also wants a consume run (read by the CLI, not by `run_produce`).
     pub consume: bool,
     /// Show a progress bar on stderr (only if stderr is a terminal).
@@ -46,6 +49,7 @@ impl Default for BenchConfig {
             linger: Duration::from_millis(5),
             batch_size: 1 << 20,
             max_in_flight: 5,
+            buffer_memory: 64 << 20,
             consume: false,
             progress: true,
         }

@@ -1,6 +1,8 @@
 //! The `streamhouse` binary: `serve` runs an agent; `topic`, `produce`, `consume` and
 //! `bench` are clients that talk to a running server over the Kafka protocol.
 
+mod bench;
+mod clients;
 mod serve;
 
 use clap::{Parser, Subcommand};
@@ -19,16 +21,29 @@ struct Cli {
 enum Command {
     /// Run an agent: the Kafka listener, the write path and the read path.
     Serve(serve::ServeArgs),
+    /// Create, list, describe or delete topics.
+    #[command(subcommand)]
+    Topic(clients::TopicCommand),
+    /// Send records (arguments, or one per line of standard input) and print their offsets.
+    Produce(clients::ProduceArgs),
+    /// Read records and print them.
+    Consume(clients::ConsumeArgs),
+    /// Measure produce and consume throughput and latency.
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let default_level = match cli.command {
+        Command::Serve(_) => "info",
+        _ => "warn",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level)),
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -42,6 +57,10 @@ fn main() -> std::process::ExitCode {
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Serve(args) => serve::serve(args, CancellationToken::new()).await,
+            Command::Topic(command) => clients::topic(command).await,
+            Command::Produce(args) => clients::produce(args).await,
+            Command::Consume(args) => clients::consume(args).await,
+            Command::Bench(args) => bench::bench(args).await,
         }
     });
     match result {

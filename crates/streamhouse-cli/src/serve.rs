@@ -2,6 +2,7 @@
 //! together and runs them until SIGTERM or Ctrl-C.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -94,8 +95,52 @@ impl ServeArgs {
     }
 }
 
+/// A server started in this process.
+pub(crate) struct Running {
+    pub(crate) agent: Arc<Agent>,
+    pub(crate) kafka_addr: std::net::SocketAddr,
+    pub(crate) advertised: String,
+    shutdown: CancellationToken,
+    agent_task: tokio::task::JoinHandle<()>,
+    server_task: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    /// Waits until `shutdown` is cancelled and everything has drained.
+    pub(crate) async fn wait(self) -> anyhow::Result<()> {
+        self.shutdown.cancelled().await;
+        info!("shutting down: no new connections; flushing what is pending");
+        self.agent_task.await.context("agent task failed")?;
+        self.server_task
+            .await
+            .context("kafka listener task failed")?;
+        Ok(())
+    }
+
+    /// Stops the server gracefully.
+    pub(crate) async fn stop(self) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        self.wait().await
+    }
+}
+
 /// Runs the server until `shutdown` is cancelled (or a signal arrives).
 pub(crate) async fn serve(args: ServeArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let running = start(&args, shutdown.clone()).await?;
+    // One machine-readable line for scripts and tests that start the server on port 0.
+    println!(
+        "streamhouse ready kafka={} advertised={}",
+        running.kafka_addr, running.advertised
+    );
+    tokio::spawn(signal_to_cancel(shutdown));
+    running.wait().await
+}
+
+/// Opens the stores, starts the agent and the Kafka listener, and returns at once.
+pub(crate) async fn start(
+    args: &ServeArgs,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Running> {
     args.validate()?;
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("cannot create data dir {}", args.data_dir.display()))?;
@@ -148,7 +193,7 @@ pub(crate) async fn serve(args: ServeArgs, shutdown: CancellationToken) -> anyho
         max_request_bytes: args.max_request_bytes,
         ..Default::default()
     };
-    let server = tokio::spawn(streamhouse_kafka::run(
+    let server_task = tokio::spawn(streamhouse_kafka::run(
         listener,
         agent.clone(),
         server_config,
@@ -156,15 +201,14 @@ pub(crate) async fn serve(args: ServeArgs, shutdown: CancellationToken) -> anyho
     ));
     let agent_task = tokio::spawn(agent.clone().run(shutdown.clone()));
     info!(kafka = %bound, advertised = %advertised, metadata = %metadata_url, objects = %object_store_url, "streamhouse is serving");
-    // One machine-readable line for scripts and tests that start the server on port 0.
-    println!("streamhouse ready kafka={bound} advertised={advertised}");
-
-    tokio::spawn(signal_to_cancel(shutdown.clone()));
-    shutdown.cancelled().await;
-    info!("shutting down: no new connections; flushing what is pending");
-    agent_task.await.context("agent task failed")?;
-    server.await.context("kafka listener task failed")?;
-    Ok(())
+    Ok(Running {
+        agent,
+        kafka_addr: bound,
+        advertised,
+        shutdown,
+        agent_task,
+        server_task,
+    })
 }
 
 /// Cancels `shutdown` on SIGTERM or Ctrl-C.

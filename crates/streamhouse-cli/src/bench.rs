@@ -1,0 +1,192 @@
+//! `streamhouse bench`: produce and consume throughput and latency, against a running server
+//! or (by default) an embedded one started in this process on a temporary data dir, where
+//! object PUTs per second are measured too.
+
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, ValueEnum};
+use streamhouse_bench::{BenchConfig, BenchReport};
+use tokio_util::sync::CancellationToken;
+
+use crate::serve::{self, ServeArgs};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum Workload {
+    Produce,
+    Consume,
+    Both,
+}
+
+/// Flags of `streamhouse bench`.
+#[derive(Debug, Args)]
+pub(crate) struct BenchArgs {
+    /// What to measure.
+    #[arg(long, value_enum, default_value_t = Workload::Both)]
+    workload: Workload,
+    /// A running server; without it an embedded server is started in this process.
+    #[arg(long, short = 'b', env = "STREAMHOUSE_BOOTSTRAP")]
+    bootstrap: Option<String>,
+    /// Topic (created if missing).
+    #[arg(long, default_value = "streamhouse-bench")]
+    topic: String,
+    #[arg(long, default_value_t = 6)]
+    partitions: i32,
+    /// Value size of each record in bytes.
+    #[arg(long, default_value_t = 1024)]
+    record_size: usize,
+    #[arg(long, default_value_t = 200_000)]
+    records: u64,
+    #[arg(long, default_value_t = -1, allow_hyphen_values = true)]
+    acks: i16,
+    /// Concurrent producers, each with its own connection.
+    #[arg(long, default_value_t = 2)]
+    producers: usize,
+    #[arg(long, default_value_t = 2)]
+    linger_ms: u64,
+    /// Producer batch size per partition, bytes.
+    #[arg(long, default_value_t = 256 * 1024)]
+    batch_size: usize,
+    /// Produce requests in flight per connection.
+    #[arg(long, default_value_t = 5)]
+    max_in_flight: usize,
+    /// Unacknowledged bytes per producer (bounds queueing latency).
+    #[arg(long, default_value_t = 4 * 1024 * 1024)]
+    buffer_memory: usize,
+    /// Embedded server: flush interval.
+    #[arg(long, default_value_t = 10)]
+    flush_interval_ms: u64,
+    /// Embedded server: flush size.
+    #[arg(long, default_value_t = 8 * 1024 * 1024)]
+    flush_max_bytes: usize,
+    /// Embedded server: data dir [default: a new temporary directory].
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Write the reports as JSON lines to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// No progress bar.
+    #[arg(long)]
+    no_progress: bool,
+}
+
+pub(crate) async fn bench(args: BenchArgs) -> anyhow::Result<()> {
+    let mut config = BenchConfig {
+        bootstrap: args.bootstrap.clone().unwrap_or_default(),
+        topic: args.topic.clone(),
+        partitions: args.partitions,
+        record_size: args.record_size,
+        records: args.records,
+        acks: args.acks,
+        producers: args.producers,
+        linger: Duration::from_millis(args.linger_ms),
+        batch_size: args.batch_size,
+        max_in_flight: args.max_in_flight,
+        buffer_memory: args.buffer_memory,
+        consume: args.workload != Workload::Produce,
+        progress: !args.no_progress,
+    };
+    config.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut reports: Vec<(String, BenchReport)> = Vec::new();
+    let mut notes = Vec::new();
+
+    if args.bootstrap.is_some() {
+        if args.workload != Workload::Consume {
+            reports.push((
+                "produce".into(),
+                streamhouse_bench::run_produce(&config).await?,
+            ));
+        }
+        if args.workload != Workload::Produce {
+            reports.push((
+                "consume".into(),
+                streamhouse_bench::run_consume(&config).await?,
+            ));
+        }
+    } else {
+        let temp = tempfile::tempdir().context("cannot create a temporary data dir")?;
+        let data_dir = args
+            .data_dir
+            .clone()
+            .unwrap_or_else(|| temp.path().to_path_buf());
+        let serve_args = |cache_max_bytes: usize| ServeArgs {
+            data_dir: data_dir.clone(),
+            metadata_url: None,
+            object_store_url: None,
+            kafka_addr: "127.0.0.1:0".into(),
+            advertised_kafka_addr: None,
+            agent_id: Some("bench".into()),
+            agent_group: "default".into(),
+            flush_interval_ms: args.flush_interval_ms,
+            flush_max_bytes: args.flush_max_bytes,
+            max_pending_bytes: (64 << 20).max(args.flush_max_bytes),
+            cache_max_bytes,
+            max_request_bytes: 100 << 20,
+            auto_create_topics: false,
+            default_partitions: 1,
+            lease_ttl_ms: 30_000,
+            heartbeat_interval_ms: 10_000,
+        };
+
+        // Phase 1: produce, then consume with the data still in the cache.
+        let server = serve::start(&serve_args(1 << 30), CancellationToken::new()).await?;
+        config.bootstrap = server.kafka_addr.to_string();
+        if args.workload != Workload::Consume {
+            let stats = server.agent.storage().stats();
+            let puts_before = stats.puts.load(Ordering::Relaxed);
+            let report = streamhouse_bench::run_produce(&config).await?;
+            let puts = stats.puts.load(Ordering::Relaxed) - puts_before;
+            notes.push(format!(
+                "object PUTs during produce: {puts} in {:.2} s = {:.1} PUT/s ({} partitions, flush interval {} ms, flush max {} bytes)",
+                report.elapsed.as_secs_f64(),
+                puts as f64 / report.elapsed.as_secs_f64().max(1e-9),
+                args.partitions,
+                args.flush_interval_ms,
+                args.flush_max_bytes
+            ));
+            reports.push(("produce".into(), report));
+        }
+        if args.workload != Workload::Produce {
+            reports.push((
+                "consume (cache)".into(),
+                streamhouse_bench::run_consume(&config).await?,
+            ));
+        }
+        server.stop().await?;
+
+        // Phase 2: a fresh server with no cache reads everything with ranged GETs.
+        if args.workload != Workload::Produce {
+            let server = serve::start(&serve_args(0), CancellationToken::new()).await?;
+            config.bootstrap = server.kafka_addr.to_string();
+            let stats = server.agent.storage().stats();
+            let report = streamhouse_bench::run_consume(&config).await?;
+            notes.push(format!(
+                "object GETs during uncached consume: {} ({} MiB)",
+                stats.gets.load(Ordering::Relaxed),
+                stats.get_bytes.load(Ordering::Relaxed) >> 20
+            ));
+            reports.push(("consume (object store)".into(), report));
+            server.stop().await?;
+        }
+    }
+
+    println!();
+    for (name, report) in &reports {
+        println!("== {name}");
+        println!("{}", report.render_table());
+    }
+    for note in &notes {
+        println!("{note}");
+    }
+    if let Some(path) = &args.json {
+        let lines: Vec<String> = reports.iter().map(|(_, r)| r.to_json()).collect();
+        std::fs::write(path, lines.join("\n") + "\n")
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    if reports.iter().any(|(_, r)| r.offset_errors > 0) {
+        anyhow::bail!("offset errors were seen: offsets were not contiguous");
+    }
+    Ok(())
+}
