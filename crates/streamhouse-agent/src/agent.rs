@@ -76,6 +76,9 @@ struct PendingBatch {
     _permit: OwnedSemaphorePermit,
 }
 
+/// A batch with its assigned base offset and, for LogAppendTime topics, its append time.
+type Assigned = (PendingBatch, Offset, Option<i64>);
+
 #[derive(Default)]
 struct Pending {
     batches: Vec<PendingBatch>,
@@ -328,8 +331,7 @@ impl Agent {
         // Assign offsets from each partition's committed high watermark.
         let mut builder = ObjectBuilder::with_capacity(taken.bytes);
         let mut commits = Vec::new();
-        let mut waiting: Vec<(TopicPartition, Vec<(PendingBatch, Offset, Option<i64>)>)> =
-            Vec::new();
+        let mut waiting: Vec<(TopicPartition, Vec<Assigned>)> = Vec::new();
         {
             let state = self.lock();
             let now = now_ms();

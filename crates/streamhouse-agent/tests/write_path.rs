@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::records::{
-    Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType as KTs,
+    Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions,
+    TimestampType as KTs,
 };
 use proptest::prelude::*;
 use streamhouse_agent::{Agent, AgentConfig, AgentError, OffsetSpec};
@@ -100,7 +101,12 @@ impl MetadataStore for Faulty {
     async fn list_agents(&self) -> Result<Vec<AgentInfo>> {
         self.inner.list_agents().await
     }
-    async fn acquire_lease(&self, tp: &TopicPartition, h: &AgentId, ttl: Duration) -> Result<Option<Lease>> {
+    async fn acquire_lease(
+        &self,
+        tp: &TopicPartition,
+        h: &AgentId,
+        ttl: Duration,
+    ) -> Result<Option<Lease>> {
         self.inner.acquire_lease(tp, h, ttl).await
     }
     async fn renew_lease(
@@ -127,10 +133,19 @@ impl MetadataStore for Faulty {
         }
         self.inner.commit(o, p).await
     }
-    async fn find_entries(&self, tp: &TopicPartition, from: Offset, limit: usize) -> Result<Vec<IndexEntry>> {
+    async fn find_entries(
+        &self,
+        tp: &TopicPartition,
+        from: Offset,
+        limit: usize,
+    ) -> Result<Vec<IndexEntry>> {
         self.inner.find_entries(tp, from, limit).await
     }
-    async fn find_entry_by_timestamp(&self, tp: &TopicPartition, t: i64) -> Result<Option<IndexEntry>> {
+    async fn find_entry_by_timestamp(
+        &self,
+        tp: &TopicPartition,
+        t: i64,
+    ) -> Result<Option<IndexEntry>> {
         self.inner.find_entry_by_timestamp(tp, t).await
     }
     async fn ping(&self) -> Result<()> {
@@ -165,7 +180,9 @@ impl Setup {
         let mut config = AgentConfig::for_tests(id, "127.0.0.1:9092");
         config.lease_ttl = ttl;
         let storage = ObjectStorage::open(&self.objects_url(), 64 << 20).unwrap();
-        Agent::start(config, self.faulty.clone(), storage).await.unwrap()
+        Agent::start(config, self.faulty.clone(), storage)
+            .await
+            .unwrap()
     }
 }
 
@@ -178,13 +195,19 @@ async fn read_all(agent: &Agent, tp: &TopicPartition) -> Vec<(i64, Vec<u8>, i64)
         let records = decode(&read.records);
         let fresh: Vec<_> = records.into_iter().filter(|r| r.0 >= next).collect();
         if fresh.is_empty() {
-            assert_eq!(next, read.high_watermark.0, "read stopped before the high watermark");
+            assert_eq!(
+                next, read.high_watermark.0,
+                "read stopped before the high watermark"
+            );
             return out;
         }
         next = fresh.last().unwrap().0 + 1;
         out.extend(fresh);
     }
 }
+
+/// An acknowledged batch: its base offset and its record values.
+type AckedBatch = (i64, Vec<Vec<u8>>);
 
 #[derive(Debug, Clone)]
 struct Op {
@@ -196,15 +219,22 @@ struct Op {
 }
 
 fn op() -> impl Strategy<Value = Op> {
-    (0..3usize, 0..3i32, 1..6usize, any::<bool>(), prop::bool::weighted(0.1)).prop_map(
-        |(producer, partition, records, flush_after, fail_flush)| Op {
-            producer,
-            partition,
-            records,
-            flush_after,
-            fail_flush,
-        },
+    (
+        0..3usize,
+        0..3i32,
+        1..6usize,
+        any::<bool>(),
+        prop::bool::weighted(0.1),
     )
+        .prop_map(
+            |(producer, partition, records, flush_after, fail_flush)| Op {
+                producer,
+                partition,
+                records,
+                flush_after,
+                fail_flush,
+            },
+        )
 }
 
 proptest! {
@@ -220,7 +250,7 @@ proptest! {
             let setup = Setup::new().await;
             let agent = setup.agent("a", Duration::from_secs(60)).await;
             agent.create_topic("t", 3, &BTreeMap::new()).await.unwrap();
-            let mut acked: HashMap<i32, Vec<(i64, Vec<Vec<u8>>)>> = HashMap::new();
+            let mut acked: HashMap<i32, Vec<AckedBatch>> = HashMap::new();
             let mut waiting = Vec::new();
             let mut seq = 0usize;
             for op in &ops {
@@ -292,7 +322,11 @@ async fn a_failed_object_write_uses_no_offset() {
     let rx = agent.append(&tp, batch(&[b"c".to_vec()], 3)).await.unwrap();
     agent.flush().await;
     assert_eq!(rx.await.unwrap().unwrap().base_offset, Offset(1));
-    let values: Vec<Vec<u8>> = read_all(&agent, &tp).await.into_iter().map(|r| r.1).collect();
+    let values: Vec<Vec<u8>> = read_all(&agent, &tp)
+        .await
+        .into_iter()
+        .map(|r| r.1)
+        .collect();
     assert_eq!(values, vec![b"a".to_vec(), b"c".to_vec()]);
 }
 
@@ -302,7 +336,10 @@ async fn a_zombie_leader_is_fenced_and_the_new_leader_continues() {
     let zombie = setup.agent("zombie", Duration::from_millis(200)).await;
     zombie.create_topic("t", 1, &BTreeMap::new()).await.unwrap();
     let tp = TopicPartition::new("t", 0);
-    let rx = zombie.append(&tp, batch(&[b"1".to_vec(), b"2".to_vec()], 1)).await.unwrap();
+    let rx = zombie
+        .append(&tp, batch(&[b"1".to_vec(), b"2".to_vec()], 1))
+        .await
+        .unwrap();
     zombie.flush().await;
     assert_eq!(rx.await.unwrap().unwrap().base_offset, Offset(0));
 
@@ -310,19 +347,35 @@ async fn a_zombie_leader_is_fenced_and_the_new_leader_continues() {
     // another agent takes the partition over.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let successor = setup.agent("successor", Duration::from_secs(60)).await;
-    assert!(successor.leader_epoch(&tp).is_some(), "successor should lead after expiry");
+    assert!(
+        successor.leader_epoch(&tp).is_some(),
+        "successor should lead after expiry"
+    );
 
     // The zombie still believes it leads: its append is accepted locally, but the commit is
     // refused by the epoch check and its producer is told NOT_LEADER.
-    let rx = zombie.append(&tp, batch(&[b"zombie".to_vec()], 2)).await.unwrap();
+    let rx = zombie
+        .append(&tp, batch(&[b"zombie".to_vec()], 2))
+        .await
+        .unwrap();
     zombie.flush().await;
-    assert!(matches!(rx.await.unwrap(), Err(AgentError::NotLeader { .. })));
+    assert!(matches!(
+        rx.await.unwrap(),
+        Err(AgentError::NotLeader { .. })
+    ));
     assert!(zombie.leader_epoch(&tp).is_none());
 
-    let rx = successor.append(&tp, batch(&[b"3".to_vec()], 3)).await.unwrap();
+    let rx = successor
+        .append(&tp, batch(&[b"3".to_vec()], 3))
+        .await
+        .unwrap();
     successor.flush().await;
     assert_eq!(rx.await.unwrap().unwrap().base_offset, Offset(2));
-    let values: Vec<Vec<u8>> = read_all(&successor, &tp).await.into_iter().map(|r| r.1).collect();
+    let values: Vec<Vec<u8>> = read_all(&successor, &tp)
+        .await
+        .into_iter()
+        .map(|r| r.1)
+        .collect();
     assert_eq!(values, vec![b"1".to_vec(), b"2".to_vec(), b"3".to_vec()]);
 }
 
@@ -333,12 +386,18 @@ async fn a_restarted_agent_continues_at_the_high_watermark() {
     {
         let agent = setup.agent("a", Duration::from_secs(60)).await;
         agent.create_topic("t", 1, &BTreeMap::new()).await.unwrap();
-        let rx = agent.append(&tp, batch(&vec![b"x".to_vec(); 5], 1)).await.unwrap();
+        let rx = agent
+            .append(&tp, batch(&vec![b"x".to_vec(); 5], 1))
+            .await
+            .unwrap();
         agent.flush().await;
         rx.await.unwrap().unwrap();
         // A write that is never committed (the process "dies" between PUT and commit).
         setup.faulty.fail_commits.store(true, Ordering::SeqCst);
-        let rx = agent.append(&tp, batch(&[b"lost".to_vec()], 2)).await.unwrap();
+        let rx = agent
+            .append(&tp, batch(&[b"lost".to_vec()], 2))
+            .await
+            .unwrap();
         agent.flush().await;
         assert!(rx.await.unwrap().is_err());
         setup.faulty.fail_commits.store(false, Ordering::SeqCst);
@@ -347,7 +406,11 @@ async fn a_restarted_agent_continues_at_the_high_watermark() {
     let rx = agent.append(&tp, batch(&[b"y".to_vec()], 3)).await.unwrap();
     agent.flush().await;
     assert_eq!(rx.await.unwrap().unwrap().base_offset, Offset(5));
-    let values: Vec<Vec<u8>> = read_all(&agent, &tp).await.into_iter().map(|r| r.1).collect();
+    let values: Vec<Vec<u8>> = read_all(&agent, &tp)
+        .await
+        .into_iter()
+        .map(|r| r.1)
+        .collect();
     assert_eq!(values.len(), 6);
     assert_eq!(values[5], b"y".to_vec());
 }
@@ -360,7 +423,10 @@ async fn appends_are_validated() {
     configs.insert("max.message.bytes".to_string(), "200".to_string());
     agent.create_topic("small", 1, &configs).await.unwrap();
     let tp = TopicPartition::new("small", 0);
-    let err = agent.append(&tp, batch(&[vec![0u8; 300]], 1)).await.unwrap_err();
+    let err = agent
+        .append(&tp, batch(&[vec![0u8; 300]], 1))
+        .await
+        .unwrap_err();
     assert!(matches!(err, AgentError::MessageTooLarge { .. }), "{err}");
     let mut corrupt = batch(&[b"v".to_vec()], 1).to_vec();
     let last = corrupt.len() - 1;
@@ -371,9 +437,18 @@ async fn appends_are_validated() {
         .append(&TopicPartition::new("nope", 0), batch(&[b"v".to_vec()], 1))
         .await
         .unwrap_err();
-    assert!(matches!(err, AgentError::UnknownTopicOrPartition { .. }), "{err}");
-    let err = agent.append(&TopicPartition::new("small", 1), batch(&[b"v".to_vec()], 1)).await.unwrap_err();
-    assert!(matches!(err, AgentError::UnknownTopicOrPartition { .. }), "{err}");
+    assert!(
+        matches!(err, AgentError::UnknownTopicOrPartition { .. }),
+        "{err}"
+    );
+    let err = agent
+        .append(&TopicPartition::new("small", 1), batch(&[b"v".to_vec()], 1))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, AgentError::UnknownTopicOrPartition { .. }),
+        "{err}"
+    );
     assert!(matches!(
         agent.create_topic("bad name", 1, &BTreeMap::new()).await,
         Err(AgentError::InvalidTopic { .. })
@@ -389,7 +464,10 @@ async fn log_append_time_and_list_offsets_by_time() {
     let setup = Setup::new().await;
     let agent = setup.agent("a", Duration::from_secs(60)).await;
     let mut configs = BTreeMap::new();
-    configs.insert("message.timestamp.type".to_string(), "LogAppendTime".to_string());
+    configs.insert(
+        "message.timestamp.type".to_string(),
+        "LogAppendTime".to_string(),
+    );
     agent.create_topic("lat", 1, &configs).await.unwrap();
     agent.create_topic("ct", 1, &BTreeMap::new()).await.unwrap();
 
@@ -398,7 +476,10 @@ async fn log_append_time_and_list_offsets_by_time() {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_millis() as i64;
-    let rx = agent.append(&lat, batch(&[b"v".to_vec()], 5)).await.unwrap();
+    let rx = agent
+        .append(&lat, batch(&[b"v".to_vec()], 5))
+        .await
+        .unwrap();
     agent.flush().await;
     let appended = rx.await.unwrap().unwrap();
     let stamped = appended.log_append_time.unwrap();
@@ -412,16 +493,54 @@ async fn log_append_time_and_list_offsets_by_time() {
     // CreateTime: three batches with timestamps 100.., 200.., 300..
     let ct = TopicPartition::new("ct", 0);
     for ts in [100, 200, 300] {
-        let rx = agent.append(&ct, batch(&[b"a".to_vec(), b"b".to_vec()], ts)).await.unwrap();
+        let rx = agent
+            .append(&ct, batch(&[b"a".to_vec(), b"b".to_vec()], ts))
+            .await
+            .unwrap();
         agent.flush().await;
         rx.await.unwrap().unwrap();
     }
-    assert_eq!(agent.list_offset(&ct, OffsetSpec::Earliest).await.unwrap().0, Offset(0));
-    assert_eq!(agent.list_offset(&ct, OffsetSpec::Latest).await.unwrap().0, Offset(6));
-    assert_eq!(agent.list_offset(&ct, OffsetSpec::Timestamp(0)).await.unwrap(), (Offset(0), 100));
-    assert_eq!(agent.list_offset(&ct, OffsetSpec::Timestamp(201)).await.unwrap(), (Offset(3), 201));
-    assert_eq!(agent.list_offset(&ct, OffsetSpec::Timestamp(202)).await.unwrap(), (Offset(4), 300));
-    assert_eq!(agent.list_offset(&ct, OffsetSpec::Timestamp(999)).await.unwrap().0, Offset(-1));
+    assert_eq!(
+        agent
+            .list_offset(&ct, OffsetSpec::Earliest)
+            .await
+            .unwrap()
+            .0,
+        Offset(0)
+    );
+    assert_eq!(
+        agent.list_offset(&ct, OffsetSpec::Latest).await.unwrap().0,
+        Offset(6)
+    );
+    assert_eq!(
+        agent
+            .list_offset(&ct, OffsetSpec::Timestamp(0))
+            .await
+            .unwrap(),
+        (Offset(0), 100)
+    );
+    assert_eq!(
+        agent
+            .list_offset(&ct, OffsetSpec::Timestamp(201))
+            .await
+            .unwrap(),
+        (Offset(3), 201)
+    );
+    assert_eq!(
+        agent
+            .list_offset(&ct, OffsetSpec::Timestamp(202))
+            .await
+            .unwrap(),
+        (Offset(4), 300)
+    );
+    assert_eq!(
+        agent
+            .list_offset(&ct, OffsetSpec::Timestamp(999))
+            .await
+            .unwrap()
+            .0,
+        Offset(-1)
+    );
 
     // Reads respect the byte budget but always return at least one batch.
     let one = agent.read(&ct, Offset(0), 1, true).await.unwrap();
@@ -430,7 +549,11 @@ async fn log_append_time_and_list_offsets_by_time() {
     assert!(none.is_empty());
     let from_middle = agent.read(&ct, Offset(3), 1 << 20, true).await.unwrap();
     let offsets: Vec<i64> = decode(&from_middle.records).iter().map(|r| r.0).collect();
-    assert_eq!(offsets, vec![2, 3, 4, 5], "whole batches from the one holding offset 3");
+    assert_eq!(
+        offsets,
+        vec![2, 3, 4, 5],
+        "whole batches from the one holding offset 3"
+    );
     assert!(matches!(
         agent.read(&ct, Offset(7), 100, true).await,
         Err(AgentError::OffsetOutOfRange { .. })

@@ -57,13 +57,17 @@ impl TopicConfig {
         let mut config = TopicConfig::default();
         for (name, value) in configs {
             match name.as_str() {
-                "message.timestamp.type" => config.timestamp_type = match value.as_str() {
-                    "CreateTime" => TimestampType::CreateTime,
-                    "LogAppendTime" => TimestampType::LogAppendTime,
-                    _ => return Err(format!(
+                "message.timestamp.type" => {
+                    config.timestamp_type = match value.as_str() {
+                        "CreateTime" => TimestampType::CreateTime,
+                        "LogAppendTime" => TimestampType::LogAppendTime,
+                        _ => {
+                            return Err(format!(
                         "message.timestamp.type must be CreateTime or LogAppendTime, not {value:?}"
-                    )),
-                },
+                    ))
+                        }
+                    }
+                }
                 "max.message.bytes" => {
                     config.max_message_bytes = parse_number(name, value)?;
                     if config.max_message_bytes < 0 {

@@ -17,6 +17,8 @@ use crate::handlers::str_bytes;
 enum Outcome {
     Waiting(oneshot::Receiver<Result<Appended, AgentError>>),
     Failed(AgentError),
+    /// Refused before reaching the agent (invalid acks, transactions).
+    Refused(ResponseError, &'static str),
 }
 
 /// Queues every partition's records, in request order, and returns the future of the
@@ -32,14 +34,16 @@ pub(crate) async fn submit(
         let mut partitions = Vec::with_capacity(topic.partition_data.len());
         for p in topic.partition_data {
             let tp = TopicPartition::new(name.clone(), p.index);
-            let outcome = if !matches!(acks, -1..=1) {
-                Outcome::Failed(AgentError::InvalidConfig {
-                    reason: format!("acks must be -1, 0 or 1, not {acks}"),
-                })
+            let outcome = if !(-1..=1).contains(&acks) {
+                Outcome::Refused(
+                    ResponseError::InvalidRequiredAcks,
+                    "acks must be -1, 0 or 1",
+                )
             } else if request.transactional_id.is_some() {
-                Outcome::Failed(AgentError::InvalidConfig {
-                    reason: "transactions are not supported".into(),
-                })
+                Outcome::Refused(
+                    ResponseError::TransactionalIdAuthorizationFailed,
+                    "transactions are not supported",
+                )
             } else {
                 match p.records {
                     None => Outcome::Failed(AgentError::Corrupt {
@@ -66,13 +70,26 @@ pub(crate) async fn submit(
         for (name, partitions) in topics {
             let mut partition_responses = Vec::with_capacity(partitions.len());
             for (index, outcome) in partitions {
+                let response = PartitionProduceResponse::default().with_index(index);
+                let refused = |code: ResponseError, text: String| {
+                    PartitionProduceResponse::default()
+                        .with_index(index)
+                        .with_error_code(code.code())
+                        .with_base_offset(-1)
+                        .with_log_append_time_ms(-1)
+                        .with_log_start_offset(-1)
+                        .with_error_message(Some(str_bytes(text)))
+                };
                 let result = match outcome {
                     Outcome::Waiting(waiting) => {
                         waiting.await.unwrap_or(Err(AgentError::ShuttingDown))
                     }
                     Outcome::Failed(e) => Err(e),
+                    Outcome::Refused(code, text) => {
+                        partition_responses.push(refused(code, text.to_string()));
+                        continue;
+                    }
                 };
-                let response = PartitionProduceResponse::default().with_index(index);
                 partition_responses.push(match result {
                     Ok(appended) => response
                         .with_base_offset(appended.base_offset.0)
@@ -80,19 +97,7 @@ pub(crate) async fn submit(
                         .with_log_start_offset(appended.log_start_offset.0),
                     Err(e) => {
                         debug!(topic = %name, partition = index, error = %e, "produce refused");
-                        let code = match e {
-                            AgentError::InvalidConfig { .. } if acks > 1 || acks < -1 => {
-                                ResponseError::InvalidRequiredAcks
-                            }
-                            AgentError::InvalidConfig { .. } => ResponseError::InvalidRequest,
-                            ref e => error_code(e),
-                        };
-                        response
-                            .with_error_code(code.code())
-                            .with_base_offset(-1)
-                            .with_log_append_time_ms(-1)
-                            .with_log_start_offset(-1)
-                            .with_error_message(Some(str_bytes(message(&e))))
+                        refused(error_code(&e), message(&e))
                     }
                 });
             }

@@ -1,0 +1,147 @@
+//! Process lifecycle and read-path behaviour: graceful shutdown, restart, long-poll.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+use kafka_protocol::messages::{FetchRequest, TopicName};
+use kafka_protocol::protocol::StrBytes;
+use streamhouse_client::{Admin, Connection, OffsetSpec, Producer, ProducerConfig, ProducerRecord};
+use streamhouse_testing::{temp_dir, ServerProcess};
+
+const BIN: &str = env!("CARGO_BIN_EXE_streamhouse");
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_answers_pending_produces_releases_leases_and_exits_0() {
+    let dir = temp_dir();
+    // A long flush interval: records are still pending when SIGTERM arrives.
+    let mut server =
+        ServerProcess::start(Path::new(BIN), dir.path(), &["--flush-interval-ms", "3000"]);
+    let admin = Admin::connect(&server.kafka_addr).await.unwrap();
+    admin.create_topic("t", 2, &[]).await.unwrap();
+    let producer = Producer::new(&server.kafka_addr, ProducerConfig::default())
+        .await
+        .unwrap();
+    let mut handles = Vec::new();
+    for i in 0..100 {
+        let record = ProducerRecord::new("t", Bytes::from(format!("v{i}"))).with_partition(i % 2);
+        handles.push(producer.send(record).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = Instant::now();
+    let status = server.terminate(Duration::from_secs(20));
+    assert!(status.success(), "exit status {status}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "shutdown flushed without waiting for the interval"
+    );
+    let mut offsets = [Vec::new(), Vec::new()];
+    for h in handles {
+        let meta = h
+            .wait_offset()
+            .await
+            .expect("pending produce answered before exit");
+        offsets[usize::try_from(meta.partition).unwrap()].push(meta.offset);
+    }
+    for o in &mut offsets {
+        o.sort_unstable();
+        assert_eq!(*o, (0..50).collect::<Vec<i64>>());
+    }
+
+    // Leases were released, not left to expire.
+    let url = format!("sqlite://{}/metadata.db", dir.path().display());
+    let store = streamhouse_metadata::open(&url).await.unwrap();
+    for p in store.list_partitions("t").await.unwrap() {
+        assert!(
+            p.lease.is_none(),
+            "lease of {} still held after shutdown",
+            p.tp
+        );
+        assert_eq!(p.high_watermark.0, 50);
+    }
+    drop(store);
+
+    server.restart();
+    let admin = Admin::connect(&server.kafka_addr).await.unwrap();
+    assert_eq!(
+        admin
+            .list_offsets("t", 1, OffsetSpec::Latest)
+            .await
+            .unwrap(),
+        50
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_poll_wakes_on_commit_not_on_timeout() {
+    let dir = temp_dir();
+    let server = ServerProcess::start(Path::new(BIN), dir.path(), &[]);
+    let admin = Admin::connect(&server.kafka_addr).await.unwrap();
+    admin.create_topic("t", 1, &[]).await.unwrap();
+    let conn = Connection::connect(&server.kafka_addr).await.unwrap();
+    let fetch = FetchRequest::default()
+        .with_replica_id((-1).into())
+        .with_max_wait_ms(10_000)
+        .with_min_bytes(1)
+        .with_max_bytes(1 << 20)
+        .with_session_epoch(-1)
+        .with_topics(vec![FetchTopic::default()
+            .with_topic(TopicName(StrBytes::from_static_str("t")))
+            .with_partitions(vec![FetchPartition::default()
+                .with_partition(0)
+                .with_fetch_offset(0)
+                .with_partition_max_bytes(1 << 20)])]);
+    let started = Instant::now();
+    let waiting = tokio::spawn(async move { conn.send(fetch).await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let producer = Producer::new(&server.kafka_addr, ProducerConfig::default())
+        .await
+        .unwrap();
+    producer
+        .send_and_wait(ProducerRecord::new("t", Bytes::from_static(b"wake")))
+        .await
+        .unwrap();
+    let response = waiting.await.unwrap().unwrap();
+    let elapsed = started.elapsed();
+    let partition = &response.responses[0].partitions[0];
+    assert_eq!(partition.error_code, 0);
+    assert_eq!(partition.high_watermark, 1);
+    assert!(partition.records.as_ref().is_some_and(|r| !r.is_empty()));
+    assert!(
+        elapsed < Duration::from_secs(2),
+        "fetch returned after {elapsed:?}"
+    );
+    assert!(
+        elapsed >= Duration::from_millis(400),
+        "fetch waited for data: {elapsed:?}"
+    );
+
+    // With nothing new it waits max_wait_ms and returns empty.
+    let conn = Connection::connect(&server.kafka_addr).await.unwrap();
+    let started = Instant::now();
+    let response = conn
+        .send(
+            FetchRequest::default()
+                .with_replica_id((-1).into())
+                .with_max_wait_ms(300)
+                .with_min_bytes(1)
+                .with_max_bytes(1 << 20)
+                .with_session_epoch(-1)
+                .with_topics(vec![FetchTopic::default()
+                    .with_topic(TopicName(StrBytes::from_static_str("t")))
+                    .with_partitions(vec![FetchPartition::default()
+                        .with_partition(0)
+                        .with_fetch_offset(1)
+                        .with_partition_max_bytes(1 << 20)])]),
+        )
+        .await
+        .unwrap();
+    let elapsed = started.elapsed();
+    assert!(elapsed >= Duration::from_millis(280), "{elapsed:?}");
+    let records = response.responses[0].partitions[0]
+        .records
+        .clone()
+        .unwrap_or_default();
+    assert!(records.is_empty());
+}

@@ -1,0 +1,238 @@
+//! Test helpers shared by integration tests:
+//!
+//! - [`ServerProcess`]: a `streamhouse serve` child process on a random loopback port, which
+//!   can be stopped gracefully (SIGTERM) or killed (SIGKILL) and restarted on its data dir.
+//! - [`kcat`]: runs Debian's kcat, failing clearly when it is missing.
+//! - [`record_batch`]: builds RecordBatch v2 bytes for raw protocol tests.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+pub use kafka_protocol::records::Compression;
+use kafka_protocol::records::{Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType};
+
+/// A `streamhouse serve` process.
+#[derive(Debug)]
+pub struct ServerProcess {
+    child: Child,
+    binary: PathBuf,
+    data_dir: PathBuf,
+    extra_args: Vec<String>,
+    /// The Kafka listener, "127.0.0.1:PORT".
+    pub kafka_addr: String,
+}
+
+impl ServerProcess {
+    /// Starts `binary serve` on `data_dir` with a random port and waits until it is ready.
+    pub fn start(binary: &Path, data_dir: &Path, extra_args: &[&str]) -> ServerProcess {
+        let extra_args: Vec<String> = extra_args.iter().map(|s| s.to_string()).collect();
+        let (child, kafka_addr) = spawn(binary, data_dir, &extra_args);
+        ServerProcess {
+            child,
+            binary: binary.to_path_buf(),
+            data_dir: data_dir.to_path_buf(),
+            extra_args,
+            kafka_addr,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Kills the process with SIGKILL: no flush, no goodbye.
+    pub fn kill9(&mut self) {
+        signal(self.child.id(), "KILL");
+        let _ = self.child.wait();
+    }
+
+    /// Sends SIGTERM and waits (up to `timeout`) for the exit status.
+    pub fn terminate(&mut self, timeout: Duration) -> ExitStatus {
+        signal(self.child.id(), "TERM");
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait for server") {
+                return status;
+            }
+            if Instant::now() > deadline {
+                self.kill9();
+                panic!("server did not exit within {timeout:?} of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Starts the server again on the same data dir (a new random port).
+    pub fn restart(&mut self) {
+        if self.is_running() {
+            self.kill9();
+        }
+        let (child, addr) = spawn(&self.binary, &self.data_dir, &self.extra_args);
+        self.child = child;
+        self.kafka_addr = addr;
+    }
+
+    /// The server's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.data_dir.join("server.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        if self.is_running() {
+            self.kill9();
+        }
+    }
+}
+
+fn signal(pid: u32, name: &str) {
+    let _ = Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .status();
+}
+
+fn spawn(binary: &Path, data_dir: &Path, extra_args: &[String]) -> (Child, String) {
+    std::fs::create_dir_all(data_dir).expect("create data dir");
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(data_dir.join("server.log"))
+        .expect("open server log");
+    let mut child = Command::new(binary)
+        .arg("serve")
+        .arg("--data-dir")
+        .arg(data_dir)
+        .arg("--kafka-addr")
+        .arg("127.0.0.1:0")
+        .args(extra_args)
+        .env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .stdout(Stdio::piped())
+        .stderr(log)
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()));
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut reader = BufReader::new(stdout);
+        let mut line = String::new();
+        while reader.read_line(&mut line).unwrap_or(0) > 0 {
+            if let Some(rest) = line.trim().strip_prefix("streamhouse ready kafka=") {
+                let addr = rest
+                    .split_whitespace()
+                    .next()
+                    .unwrap_or_default()
+                    .to_string();
+                let _ = tx.send(addr);
+            }
+            line.clear();
+        }
+    });
+    match rx.recv_timeout(Duration::from_secs(30)) {
+        Ok(addr) => (child, addr),
+        Err(_) => {
+            let _ = child.kill();
+            let log = std::fs::read_to_string(data_dir.join("server.log")).unwrap_or_default();
+            panic!("server did not become ready within 30 s; log:\n{log}");
+        }
+    }
+}
+
+/// Runs kcat with `args`, feeding `stdin`; returns stdout. Panics with a clear message when
+/// kcat is not installed (the test command installs it) or fails.
+pub fn kcat(args: &[&str], stdin: &[u8]) -> String {
+    let mut child = Command::new("kcat")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("kcat is required (apt-get install kcat): {e}"));
+    let mut input = child.stdin.take().expect("kcat stdin");
+    let data = stdin.to_vec();
+    let writer = std::thread::spawn(move || {
+        let _ = input.write_all(&data);
+    });
+    let mut out = String::new();
+    child
+        .stdout
+        .take()
+        .expect("kcat stdout")
+        .read_to_string(&mut out)
+        .expect("read kcat output");
+    let mut err = String::new();
+    let _ = child
+        .stderr
+        .take()
+        .expect("kcat stderr")
+        .read_to_string(&mut err);
+    let status = child.wait().expect("wait for kcat");
+    let _ = writer.join();
+    assert!(status.success(), "kcat {args:?} failed: {status}\n{err}");
+    out
+}
+
+/// A RecordBatch v2 (uncompressed) with the given (key, value) records.
+pub fn record_batch(records: &[(Option<&[u8]>, &[u8])], timestamp: i64) -> Bytes {
+    compressed_record_batch(records, timestamp, Compression::None)
+}
+
+/// A RecordBatch v2 compressed with `compression`, as a producer would send it.
+pub fn compressed_record_batch(
+    records: &[(Option<&[u8]>, &[u8])],
+    timestamp: i64,
+    compression: Compression,
+) -> Bytes {
+    let records: Vec<Record> = records
+        .iter()
+        .enumerate()
+        .map(|(i, (key, value))| {
+            let i = i32::try_from(i).expect("batch size");
+            Record {
+                transactional: false,
+                control: false,
+                delete_horizon: false,
+                partition_leader_epoch: -1,
+                producer_id: -1,
+                producer_epoch: -1,
+                timestamp_type: TimestampType::Creation,
+                offset: i64::from(i),
+                // The encoder keeps records in one batch while offset - sequence is constant.
+                sequence: i - 1,
+                timestamp,
+                key: key.map(Bytes::copy_from_slice),
+                value: Some(Bytes::copy_from_slice(value)),
+                headers: Default::default(),
+            }
+        })
+        .collect();
+    let mut buf = BytesMut::new();
+    RecordBatchEncoder::encode(
+        &mut buf,
+        records.iter(),
+        &RecordEncodeOptions {
+            version: 2,
+            compression,
+        },
+    )
+    .expect("encode record batch");
+    buf.freeze()
+}
+
+/// A fresh temporary directory for a test's data.
+pub fn temp_dir() -> tempfile::TempDir {
+    tempfile::tempdir().expect("temp dir")
+}
