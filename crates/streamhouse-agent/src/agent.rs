@@ -239,6 +239,11 @@ impl Agent {
             .map_err(|_| AgentError::ShuttingDown)?;
         let (reply, receiver) = oneshot::channel();
         let mut state = self.lock();
+        // Checked again under the lock: the final flush takes the buffer under this lock
+        // after `closed` is set, so nothing can slip in behind it and wait forever.
+        if self.closed.load(Ordering::Acquire) {
+            return Err(AgentError::ShuttingDown);
+        }
         if !state.led.contains_key(tp) {
             return Err(AgentError::NotLeader { tp: tp.clone() });
         }
@@ -291,7 +296,10 @@ impl Agent {
             }
             if shutdown.is_cancelled() {
                 // Stop taking appends, then answer everything already taken.
-                self.closed.store(true, Ordering::Release);
+                {
+                    let _state = self.lock();
+                    self.closed.store(true, Ordering::Release);
+                }
                 self.flush().await;
                 return;
             }
@@ -345,7 +353,6 @@ impl Agent {
                 let base = led.next_offset;
                 let mut next = base;
                 let mut max_timestamp = i64::MIN;
-                let mut chunk = BytesMut::new();
                 let mut answered = Vec::with_capacity(batches.len());
                 let log_append = led.config.timestamp_type == TimestampType::LogAppendTime;
                 for mut b in batches {
@@ -364,10 +371,10 @@ impl Agent {
                         }
                         next = next.plus(i64::from(span.header.record_count));
                     }
-                    chunk.extend_from_slice(&b.data);
                     answered.push((b, first, log_append.then_some(now)));
                 }
-                builder.add_chunk(tp.clone(), base, next, max_timestamp, &chunk);
+                let pieces = answered.iter().map(|(b, _, _)| &b.data[..]);
+                builder.add_chunk(tp.clone(), base, next, max_timestamp, pieces);
                 commits.push(PartitionCommit {
                     holder: self.config.agent_id.clone(),
                     epoch: led.epoch,

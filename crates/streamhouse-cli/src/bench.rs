@@ -53,10 +53,10 @@ pub(crate) struct BenchArgs {
     #[arg(long, default_value_t = 5)]
     max_in_flight: usize,
     /// Unacknowledged bytes per producer (bounds queueing latency).
-    #[arg(long, default_value_t = 4 * 1024 * 1024)]
+    #[arg(long, default_value_t = 1024 * 1024)]
     buffer_memory: usize,
-    /// Embedded server: flush interval.
-    #[arg(long, default_value_t = 10)]
+    /// Embedded server: flush interval (the server's default).
+    #[arg(long, default_value_t = 2)]
     flush_interval_ms: u64,
     /// Embedded server: flush size.
     #[arg(long, default_value_t = 8 * 1024 * 1024)]
@@ -74,7 +74,11 @@ pub(crate) struct BenchArgs {
 
 pub(crate) async fn bench(args: BenchArgs) -> anyhow::Result<()> {
     let mut config = BenchConfig {
-        bootstrap: args.bootstrap.clone().unwrap_or_default(),
+        // Replaced by the embedded server's address when no server is given.
+        bootstrap: args
+            .bootstrap
+            .clone()
+            .unwrap_or_else(|| "127.0.0.1:0".into()),
         topic: args.topic.clone(),
         partitions: args.partitions,
         record_size: args.record_size,

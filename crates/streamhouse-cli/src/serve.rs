@@ -44,7 +44,7 @@ pub(crate) struct ServeArgs {
     #[arg(long, env = "STREAMHOUSE_AGENT_GROUP", default_value = "default")]
     pub(crate) agent_group: String,
     /// Flush when the oldest pending batch has waited this long.
-    #[arg(long, env = "STREAMHOUSE_FLUSH_INTERVAL_MS", default_value_t = 10)]
+    #[arg(long, env = "STREAMHOUSE_FLUSH_INTERVAL_MS", default_value_t = 2)]
     pub(crate) flush_interval_ms: u64,
     /// Flush when this many bytes are pending.
     #[arg(long, env = "STREAMHOUSE_FLUSH_MAX_BYTES", default_value_t = 8 * 1024 * 1024)]

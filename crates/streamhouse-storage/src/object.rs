@@ -49,23 +49,26 @@ impl ObjectBuilder {
         }
     }
 
-    /// Appends a partition's batches (already carrying their offsets).
-    pub fn add_chunk(
+    /// Appends a partition's batches (already carrying their offsets), given as the
+    /// pieces they arrived in.
+    pub fn add_chunk<'a>(
         &mut self,
         tp: TopicPartition,
         base_offset: Offset,
         end_offset: Offset,
         max_timestamp: i64,
-        batches: &[u8],
+        batches: impl IntoIterator<Item = &'a [u8]>,
     ) {
-        let byte_start = self.data.len() as u64;
-        self.data.extend_from_slice(batches);
+        let start = self.data.len();
+        for piece in batches {
+            self.data.extend_from_slice(piece);
+        }
         self.chunks.push(ChunkLocation {
             tp,
             base_offset,
             end_offset,
-            byte_start,
-            byte_len: batches.len() as u64,
+            byte_start: start as u64,
+            byte_len: (self.data.len() - start) as u64,
             max_timestamp,
         });
     }
