@@ -173,14 +173,14 @@ mod tests {
             Offset(0),
             Offset(3),
             10,
-            b"xxx",
+            [&b"xx"[..], b"x"],
         );
         b.add_chunk(
             TopicPartition::new("bb", 7),
             Offset(5),
             Offset(6),
             20,
-            b"yy",
+            [&b"yy"[..]],
         );
         let (bytes, chunks) = b.finish();
         assert_eq!(read_footer(&bytes).unwrap(), chunks);
