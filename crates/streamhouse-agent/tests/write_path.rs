@@ -559,3 +559,81 @@ async fn log_append_time_and_list_offsets_by_time() {
         Err(AgentError::OffsetOutOfRange { .. })
     ));
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 12, .. ProptestConfig::default() })]
+
+    /// Concurrent producers against the real flush loop, with flushes triggered by time and
+    /// by size: per partition the offsets tile 0..high_watermark, each producer's batches to
+    /// one partition get rising offsets, and everything reads back once at its offset.
+    #[test]
+    fn concurrent_producers_with_time_and_size_flushes(
+        producers in prop::collection::vec(
+            prop::collection::vec((0..4i32, 1..8usize), 1..25),
+            1..5,
+        ),
+        flush_interval_ms in 1..6u64,
+        flush_max_bytes in 100..4000usize,
+    ) {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        rt.block_on(async move {
+            let setup = Setup::new().await;
+            let mut config = AgentConfig::for_tests("a", "127.0.0.1:9092");
+            config.flush_interval = Duration::from_millis(flush_interval_ms);
+            config.flush_max_bytes = flush_max_bytes;
+            let storage = ObjectStorage::open(&setup.objects_url(), 64 << 20).unwrap();
+            let agent = Agent::start(config, setup.faulty.clone(), storage).await.unwrap();
+            agent.create_topic("t", 4, &BTreeMap::new()).await.unwrap();
+            let shutdown = tokio_util::sync::CancellationToken::new();
+            let runner = tokio::spawn(agent.clone().run(shutdown.clone()));
+
+            let mut tasks = Vec::new();
+            for (id, batches) in producers.into_iter().enumerate() {
+                let agent = agent.clone();
+                tasks.push(tokio::spawn(async move {
+                    let mut acked: Vec<(i32, i64, Vec<Vec<u8>>)> = Vec::new();
+                    for (n, (partition, records)) in batches.into_iter().enumerate() {
+                        let values: Vec<Vec<u8>> =
+                            (0..records).map(|i| format!("p{id}-b{n}-r{i}").into_bytes()).collect();
+                        let tp = TopicPartition::new("t", partition);
+                        let rx = agent.append(&tp, batch(&values, 1000)).await.unwrap();
+                        let appended = rx.await.unwrap().unwrap();
+                        acked.push((partition, appended.base_offset.0, values));
+                    }
+                    acked
+                }));
+            }
+            let mut by_partition: HashMap<i32, Vec<(i64, Vec<Vec<u8>>)>> = HashMap::new();
+            for t in tasks {
+                let acked = t.await.unwrap();
+                let mut last: HashMap<i32, i64> = HashMap::new();
+                for (partition, base, values) in acked {
+                    if let Some(prev) = last.insert(partition, base) {
+                        prop_assert!(prev < base, "a producer's batches went backwards");
+                    }
+                    by_partition.entry(partition).or_default().push((base, values));
+                }
+            }
+            for partition in 0..4 {
+                let tp = TopicPartition::new("t", partition);
+                let mut ranges = by_partition.remove(&partition).unwrap_or_default();
+                ranges.sort_by_key(|r| r.0);
+                let mut expected = Vec::new();
+                let mut next = 0i64;
+                for (base, values) in ranges {
+                    prop_assert_eq!(base, next, "gap or overlap in {}", tp);
+                    for v in values {
+                        expected.push((next, v));
+                        next += 1;
+                    }
+                }
+                let read: Vec<(i64, Vec<u8>)> =
+                    read_all(&agent, &tp).await.into_iter().map(|r| (r.0, r.1)).collect();
+                prop_assert_eq!(read, expected);
+            }
+            shutdown.cancel();
+            runner.await.unwrap();
+            Ok(())
+        })?;
+    }
+}

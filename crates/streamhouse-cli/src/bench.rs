@@ -24,51 +24,59 @@ pub(crate) enum Workload {
 #[derive(Debug, Args)]
 pub(crate) struct BenchArgs {
     /// What to measure.
-    #[arg(long, value_enum, default_value_t = Workload::Both)]
+    #[arg(long, env = "STREAMHOUSE_BENCH_WORKLOAD", value_enum, default_value_t = Workload::Both)]
     workload: Workload,
     /// A running server; without it an embedded server is started in this process.
     #[arg(long, short = 'b', env = "STREAMHOUSE_BOOTSTRAP")]
     bootstrap: Option<String>,
     /// Topic (created if missing).
-    #[arg(long, default_value = "streamhouse-bench")]
+    #[arg(
+        long,
+        env = "STREAMHOUSE_BENCH_TOPIC",
+        default_value = "streamhouse-bench"
+    )]
     topic: String,
-    #[arg(long, default_value_t = 6)]
+    /// Partitions of the topic when the bench creates it.
+    #[arg(long, env = "STREAMHOUSE_BENCH_PARTITIONS", default_value_t = 6)]
     partitions: i32,
     /// Value size of each record in bytes.
-    #[arg(long, default_value_t = 1024)]
+    #[arg(long, env = "STREAMHOUSE_BENCH_RECORD_SIZE", default_value_t = 1024)]
     record_size: usize,
-    #[arg(long, default_value_t = 200_000)]
+    /// Records to produce (and then consume).
+    #[arg(long, env = "STREAMHOUSE_BENCH_RECORDS", default_value_t = 200_000)]
     records: u64,
-    #[arg(long, default_value_t = -1, allow_hyphen_values = true)]
+    /// Producer acks: -1 (all), 1 or 0.
+    #[arg(long, env = "STREAMHOUSE_BENCH_ACKS", default_value_t = -1, allow_hyphen_values = true)]
     acks: i16,
     /// Concurrent producers, each with its own connection.
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, env = "STREAMHOUSE_BENCH_PRODUCERS", default_value_t = 2)]
     producers: usize,
-    #[arg(long, default_value_t = 2)]
+    /// Producer linger.
+    #[arg(long, env = "STREAMHOUSE_BENCH_LINGER_MS", default_value_t = 2)]
     linger_ms: u64,
     /// Producer batch size per partition, bytes.
-    #[arg(long, default_value_t = 256 * 1024)]
+    #[arg(long, env = "STREAMHOUSE_BENCH_BATCH_SIZE", default_value_t = 256 * 1024)]
     batch_size: usize,
     /// Produce requests in flight per connection.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, env = "STREAMHOUSE_BENCH_MAX_IN_FLIGHT", default_value_t = 5)]
     max_in_flight: usize,
     /// Unacknowledged bytes per producer (bounds queueing latency).
-    #[arg(long, default_value_t = 1024 * 1024)]
+    #[arg(long, env = "STREAMHOUSE_BENCH_BUFFER_MEMORY", default_value_t = 1024 * 1024)]
     buffer_memory: usize,
     /// Embedded server: flush interval (the server's default).
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, env = "STREAMHOUSE_BENCH_FLUSH_INTERVAL_MS", default_value_t = 2)]
     flush_interval_ms: u64,
     /// Embedded server: flush size.
-    #[arg(long, default_value_t = 8 * 1024 * 1024)]
+    #[arg(long, env = "STREAMHOUSE_BENCH_FLUSH_MAX_BYTES", default_value_t = 8 * 1024 * 1024)]
     flush_max_bytes: usize,
     /// Embedded server: data dir [default: a new temporary directory].
-    #[arg(long)]
+    #[arg(long, env = "STREAMHOUSE_BENCH_DATA_DIR")]
     data_dir: Option<PathBuf>,
     /// Write the reports as JSON lines to this file.
-    #[arg(long)]
+    #[arg(long, env = "STREAMHOUSE_BENCH_JSON")]
     json: Option<PathBuf>,
     /// No progress bar.
-    #[arg(long)]
+    #[arg(long, env = "STREAMHOUSE_BENCH_NO_PROGRESS")]
     no_progress: bool,
 }
 

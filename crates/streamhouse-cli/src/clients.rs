@@ -34,7 +34,7 @@ pub(crate) enum TopicCommand {
         #[arg(long, short = 'p', env = "STREAMHOUSE_PARTITIONS", default_value_t = 1)]
         partitions: i32,
         /// Topic config as NAME=VALUE (repeatable), e.g. max.message.bytes=2097152.
-        #[arg(long = "config", short = 'c', value_parser = parse_config)]
+        #[arg(long = "config", short = 'c', env = "STREAMHOUSE_CONFIG", value_delimiter = ',', value_parser = parse_config)]
         configs: Vec<(String, String)>,
         #[command(flatten)]
         bootstrap: Bootstrap,
@@ -124,22 +124,22 @@ pub(crate) struct ProduceArgs {
     /// Values to send; without any, each line of standard input is one record.
     pub(crate) values: Vec<String>,
     /// Key for every record (otherwise see --key-separator).
-    #[arg(long, short = 'k')]
+    #[arg(long, short = 'k', env = "STREAMHOUSE_KEY")]
     pub(crate) key: Option<String>,
     /// Split each input line into KEY<SEP>VALUE at the first SEP (like kcat -K).
-    #[arg(long, short = 'K')]
+    #[arg(long, short = 'K', env = "STREAMHOUSE_KEY_SEPARATOR")]
     pub(crate) key_separator: Option<String>,
     /// Header as NAME=VALUE (repeatable).
-    #[arg(long = "header", short = 'H', value_parser = parse_config)]
+    #[arg(long = "header", short = 'H', env = "STREAMHOUSE_HEADER", value_delimiter = ',', value_parser = parse_config)]
     pub(crate) headers: Vec<(String, String)>,
     /// Partition to write to (otherwise by key hash, or sticky for keyless records).
-    #[arg(long, short = 'p')]
+    #[arg(long, short = 'p', env = "STREAMHOUSE_PARTITION")]
     pub(crate) partition: Option<i32>,
     /// -1 (all), 1 or 0. Both 1 and -1 mean "durable in the object store".
     #[arg(long, env = "STREAMHOUSE_ACKS", default_value_t = -1, allow_hyphen_values = true)]
     pub(crate) acks: i16,
     /// Print nothing per record.
-    #[arg(long, short = 'q')]
+    #[arg(long, short = 'q', env = "STREAMHOUSE_QUIET")]
     pub(crate) quiet: bool,
     #[command(flatten)]
     pub(crate) bootstrap: Bootstrap,
@@ -217,23 +217,33 @@ async fn report(
 pub(crate) struct ConsumeArgs {
     pub(crate) topic: String,
     /// Partition to read (repeatable); all partitions if none is given.
-    #[arg(long, short = 'p')]
+    #[arg(
+        long,
+        short = 'p',
+        env = "STREAMHOUSE_PARTITION",
+        value_delimiter = ','
+    )]
     pub(crate) partition: Vec<i32>,
     /// Where to start: "beginning", "end", or an offset.
-    #[arg(long, short = 'o', default_value = "beginning")]
+    #[arg(
+        long,
+        short = 'o',
+        env = "STREAMHOUSE_FROM",
+        default_value = "beginning"
+    )]
     pub(crate) from: String,
     /// Start at the first record at or after this time (ms since the Unix epoch).
-    #[arg(long)]
+    #[arg(long, env = "STREAMHOUSE_FROM_TIME")]
     pub(crate) from_time: Option<i64>,
     /// Stop after this many records.
-    #[arg(long, short = 'n')]
+    #[arg(long, short = 'n', env = "STREAMHOUSE_MAX_MESSAGES")]
     pub(crate) max_messages: Option<u64>,
     /// Stop once every partition has been read up to its high watermark.
-    #[arg(long, short = 'e')]
+    #[arg(long, short = 'e', env = "STREAMHOUSE_EXIT_AT_END")]
     pub(crate) exit_at_end: bool,
     /// Output format: %t topic, %p partition, %o offset, %k key, %s value, %T timestamp,
     /// %h headers.
-    #[arg(long, short = 'f', default_value = "%s")]
+    #[arg(long, short = 'f', env = "STREAMHOUSE_FORMAT", default_value = "%s")]
     pub(crate) format: String,
     #[command(flatten)]
     pub(crate) bootstrap: Bootstrap,
