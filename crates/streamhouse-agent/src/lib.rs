@@ -15,6 +15,6 @@ pub mod error;
 mod leases;
 mod read;
 
-pub use agent::{Agent, Appended, OffsetSpec, ReadResult};
+pub use agent::{error_chain, Agent, Appended, OffsetSpec, ReadResult};
 pub use config::AgentConfig;
 pub use error::AgentError;

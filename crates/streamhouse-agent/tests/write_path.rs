@@ -7,48 +7,18 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
-use kafka_protocol::records::{
-    Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions,
-    TimestampType as KTs,
-};
+use bytes::Bytes;
+use kafka_protocol::records::RecordBatchDecoder;
 use proptest::prelude::*;
 use streamhouse_agent::{Agent, AgentConfig, AgentError, OffsetSpec};
 use streamhouse_metadata::*;
 use streamhouse_storage::ObjectStorage;
 
+/// An uncompressed batch of keyless records; record `i` has timestamp `timestamp + i`.
 fn batch(values: &[Vec<u8>], timestamp: i64) -> Bytes {
-    let records: Vec<Record> = values
-        .iter()
-        .enumerate()
-        .map(|(i, v)| Record {
-            transactional: false,
-            control: false,
-            delete_horizon: false,
-            partition_leader_epoch: -1,
-            producer_id: -1,
-            producer_epoch: -1,
-            timestamp_type: KTs::Creation,
-            offset: i64::try_from(i).unwrap(),
-            // The encoder keeps records in one batch only while offset - sequence is constant.
-            sequence: i32::try_from(i).unwrap(),
-            timestamp: timestamp + i64::try_from(i).unwrap(),
-            key: None,
-            value: Some(Bytes::from(v.clone())),
-            headers: Default::default(),
-        })
-        .collect();
-    let mut buf = BytesMut::new();
-    RecordBatchEncoder::encode(
-        &mut buf,
-        records.iter(),
-        &RecordEncodeOptions {
-            version: 2,
-            compression: Compression::None,
-        },
-    )
-    .unwrap();
-    buf.freeze()
+    let records: Vec<(Option<&[u8]>, &[u8])> =
+        values.iter().map(|v| (None, v.as_slice())).collect();
+    streamhouse_testing::record_batch(&records, timestamp)
 }
 
 /// Every record (offset, value, timestamp) in fetched bytes.
@@ -209,6 +179,35 @@ async fn read_all(agent: &Agent, tp: &TopicPartition) -> Vec<(i64, Vec<u8>, i64)
 /// An acknowledged batch: its base offset and its record values.
 type AckedBatch = (i64, Vec<Vec<u8>>);
 
+/// Checks one partition against what producers were told: the acknowledged ranges tile
+/// 0..high_watermark with no gap or overlap, and the partition reads back as exactly those
+/// records at exactly those offsets.
+async fn check_partition(
+    agent: &Agent,
+    tp: &TopicPartition,
+    mut ranges: Vec<AckedBatch>,
+) -> std::result::Result<(), TestCaseError> {
+    ranges.sort_by_key(|r| r.0);
+    let mut expected = Vec::new();
+    let mut next = 0i64;
+    for (base, values) in ranges {
+        prop_assert_eq!(base, next, "gap or overlap in {}", tp);
+        for v in values {
+            expected.push((next, v));
+            next += 1;
+        }
+    }
+    let (high_watermark, _) = agent.partition_offsets(tp).await.unwrap();
+    prop_assert_eq!(high_watermark.0, next);
+    let read: Vec<(i64, Vec<u8>)> = read_all(agent, tp)
+        .await
+        .into_iter()
+        .map(|r| (r.0, r.1))
+        .collect();
+    prop_assert_eq!(read, expected);
+    Ok(())
+}
+
 #[derive(Debug, Clone)]
 struct Op {
     producer: usize,
@@ -275,23 +274,9 @@ proptest! {
             }
             for partition in 0..3 {
                 let tp = TopicPartition::new("t", partition);
-                let mut ranges = acked.remove(&partition).unwrap_or_default();
-                ranges.sort_by_key(|r| r.0);
-                let mut expected = Vec::new();
-                let mut next = 0i64;
-                for (base, values) in ranges {
-                    prop_assert_eq!(base, next, "gap or overlap in {}", tp);
-                    for v in values {
-                        expected.push((next, v));
-                        next += 1;
-                    }
-                }
-                let (hw, _) = agent.partition_offsets(&tp).await.unwrap();
-                prop_assert_eq!(hw.0, next);
-                let read: Vec<(i64, Vec<u8>)> = read_all(&agent, &tp).await.into_iter().map(|r| (r.0, r.1)).collect();
-                prop_assert_eq!(read, expected);
+                check_partition(&agent, &tp, acked.remove(&partition).unwrap_or_default()).await?;
             }
-            Ok(())
+            Ok::<(), TestCaseError>(())
         })?;
     }
 }
@@ -603,7 +588,7 @@ proptest! {
                     acked
                 }));
             }
-            let mut by_partition: HashMap<i32, Vec<(i64, Vec<Vec<u8>>)>> = HashMap::new();
+            let mut by_partition: HashMap<i32, Vec<AckedBatch>> = HashMap::new();
             for t in tasks {
                 let acked = t.await.unwrap();
                 let mut last: HashMap<i32, i64> = HashMap::new();
@@ -616,24 +601,11 @@ proptest! {
             }
             for partition in 0..4 {
                 let tp = TopicPartition::new("t", partition);
-                let mut ranges = by_partition.remove(&partition).unwrap_or_default();
-                ranges.sort_by_key(|r| r.0);
-                let mut expected = Vec::new();
-                let mut next = 0i64;
-                for (base, values) in ranges {
-                    prop_assert_eq!(base, next, "gap or overlap in {}", tp);
-                    for v in values {
-                        expected.push((next, v));
-                        next += 1;
-                    }
-                }
-                let read: Vec<(i64, Vec<u8>)> =
-                    read_all(&agent, &tp).await.into_iter().map(|r| (r.0, r.1)).collect();
-                prop_assert_eq!(read, expected);
+                check_partition(&agent, &tp, by_partition.remove(&partition).unwrap_or_default()).await?;
             }
             shutdown.cancel();
             runner.await.unwrap();
-            Ok(())
+            Ok::<(), TestCaseError>(())
         })?;
     }
 }

@@ -12,6 +12,22 @@ use streamhouse_testing::{temp_dir, ServerProcess};
 
 const BIN: &str = env!("CARGO_BIN_EXE_streamhouse");
 
+/// A Fetch of partition 0 of `topic` from `offset`, waiting up to `max_wait_ms` for 1 byte.
+fn fetch_request(topic: &'static str, offset: i64, max_wait_ms: i32) -> FetchRequest {
+    FetchRequest::default()
+        .with_replica_id((-1).into())
+        .with_max_wait_ms(max_wait_ms)
+        .with_min_bytes(1)
+        .with_max_bytes(1 << 20)
+        .with_session_epoch(-1)
+        .with_topics(vec![FetchTopic::default()
+            .with_topic(TopicName(StrBytes::from_static_str(topic)))
+            .with_partitions(vec![FetchPartition::default()
+                .with_partition(0)
+                .with_fetch_offset(offset)
+                .with_partition_max_bytes(1 << 20)])])
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_answers_pending_produces_releases_leases_and_exits_0() {
     let dir = temp_dir();
@@ -80,18 +96,7 @@ async fn long_poll_wakes_on_commit_not_on_timeout() {
     let admin = Admin::connect(&server.kafka_addr).await.unwrap();
     admin.create_topic("t", 1, &[]).await.unwrap();
     let conn = Connection::connect(&server.kafka_addr).await.unwrap();
-    let fetch = FetchRequest::default()
-        .with_replica_id((-1).into())
-        .with_max_wait_ms(10_000)
-        .with_min_bytes(1)
-        .with_max_bytes(1 << 20)
-        .with_session_epoch(-1)
-        .with_topics(vec![FetchTopic::default()
-            .with_topic(TopicName(StrBytes::from_static_str("t")))
-            .with_partitions(vec![FetchPartition::default()
-                .with_partition(0)
-                .with_fetch_offset(0)
-                .with_partition_max_bytes(1 << 20)])]);
+    let fetch = fetch_request("t", 0, 10_000);
     let started = Instant::now();
     let waiting = tokio::spawn(async move { conn.send(fetch).await });
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -120,23 +125,7 @@ async fn long_poll_wakes_on_commit_not_on_timeout() {
     // With nothing new it waits max_wait_ms and returns empty.
     let conn = Connection::connect(&server.kafka_addr).await.unwrap();
     let started = Instant::now();
-    let response = conn
-        .send(
-            FetchRequest::default()
-                .with_replica_id((-1).into())
-                .with_max_wait_ms(300)
-                .with_min_bytes(1)
-                .with_max_bytes(1 << 20)
-                .with_session_epoch(-1)
-                .with_topics(vec![FetchTopic::default()
-                    .with_topic(TopicName(StrBytes::from_static_str("t")))
-                    .with_partitions(vec![FetchPartition::default()
-                        .with_partition(0)
-                        .with_fetch_offset(1)
-                        .with_partition_max_bytes(1 << 20)])]),
-        )
-        .await
-        .unwrap();
+    let response = conn.send(fetch_request("t", 1, 300)).await.unwrap();
     let elapsed = started.elapsed();
     assert!(elapsed >= Duration::from_millis(280), "{elapsed:?}");
     let records = response.responses[0].partitions[0]

@@ -32,13 +32,4 @@ pub fn error_code(e: &AgentError) -> ResponseError {
 }
 
 /// An error and its sources on one line, for error messages sent to clients.
-pub fn message(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(inner) = source {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        source = inner.source();
-    }
-    s
-}
+pub use streamhouse_agent::error_chain as message;

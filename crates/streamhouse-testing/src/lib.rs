@@ -185,7 +185,8 @@ pub fn kcat(args: &[&str], stdin: &[u8]) -> String {
     out
 }
 
-/// A RecordBatch v2 (uncompressed) with the given (key, value) records.
+/// A RecordBatch v2 (uncompressed) with the given (key, value) records; record `i` has
+/// timestamp `timestamp + i`.
 pub fn record_batch(records: &[(Option<&[u8]>, &[u8])], timestamp: i64) -> Bytes {
     compressed_record_batch(records, timestamp, Compression::None)
 }
@@ -212,7 +213,7 @@ pub fn compressed_record_batch(
                 offset: i64::from(i),
                 // The encoder keeps records in one batch while offset - sequence is constant.
                 sequence: i - 1,
-                timestamp,
+                timestamp: timestamp + i64::from(i),
                 key: key.map(Bytes::copy_from_slice),
                 value: Some(Bytes::copy_from_slice(value)),
                 headers: Default::default(),
