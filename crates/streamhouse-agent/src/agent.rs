@@ -411,7 +411,7 @@ impl Agent {
         }
 
         let outcome = match self.storage.put_new(&key, object).await {
-            Err(e) => Err(format!("object write failed: {e}")),
+            Err(e) => Err(format!("object write failed: {}", error_chain(&e))),
             Ok(()) => self
                 .metadata
                 .commit(
