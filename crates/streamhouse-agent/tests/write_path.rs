@@ -442,6 +442,10 @@ async fn appends_are_validated() {
         agent.create_topic("small", 1, &BTreeMap::new()).await,
         Err(AgentError::TopicAlreadyExists { .. })
     ));
+    assert!(matches!(
+        agent.create_topic("zero", 0, &BTreeMap::new()).await,
+        Err(AgentError::InvalidPartitions { .. })
+    ));
 }
 
 #[tokio::test]

@@ -61,7 +61,7 @@ pub(crate) struct BenchArgs {
     #[arg(long, env = "STREAMHOUSE_BENCH_MAX_IN_FLIGHT", default_value_t = 5)]
     max_in_flight: usize,
     /// Unacknowledged bytes per producer (bounds queueing latency).
-    #[arg(long, env = "STREAMHOUSE_BENCH_BUFFER_MEMORY", default_value_t = 1024 * 1024)]
+    #[arg(long, env = "STREAMHOUSE_BENCH_BUFFER_MEMORY", default_value_t = 768 * 1024)]
     buffer_memory: usize,
     /// Embedded server: flush interval (the server's default).
     #[arg(long, env = "STREAMHOUSE_BENCH_FLUSH_INTERVAL_MS", default_value_t = 2)]

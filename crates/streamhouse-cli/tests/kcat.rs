@@ -131,6 +131,21 @@ fn kcat_sees_headers_timestamps_and_the_cli_offsets() {
     assert!(lines[0].starts_with("k1|one|0|h=x|"), "{}", lines[0]);
     let ts: i64 = lines[1].rsplit('|').next().unwrap().parse().unwrap();
     assert!(ts > 1_600_000_000_000, "producer timestamp kept: {ts}");
+    // ListOffsets by time: start at the first record at or after the second one's time.
+    let first_ts: i64 = lines[0].rsplit('|').next().unwrap().parse().unwrap();
+    let from_time = format!("s@{}", ts.max(first_ts + 1));
+    let out = kcat(
+        &[
+            "-C", "-b", addr, "-t", "t", "-e", "-o", &from_time, "-f", "%o\n",
+        ],
+        b"",
+    );
+    let expected = if ts > first_ts { "1" } else { "" };
+    assert_eq!(
+        out.lines().next().unwrap_or(""),
+        expected,
+        "offset for time {from_time}"
+    );
     // kcat can also produce to an explicit partition and read from an offset.
     kcat(&["-P", "-b", addr, "-t", "t", "-p", "0"], b"three\n");
     let out = kcat(

@@ -134,3 +134,58 @@ async fn long_poll_wakes_on_commit_not_on_timeout() {
         .unwrap_or_default();
     assert!(records.is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topic_admin_answers_with_kafka_error_codes() {
+    let dir = temp_dir();
+    let server = ServerProcess::start(Path::new(BIN), dir.path(), &[]);
+    let admin = Admin::connect(&server.kafka_addr).await.unwrap();
+    admin.create_topic("orders", 3, &[]).await.unwrap();
+    let code = |r: Result<(), streamhouse_client::ClientError>| r.unwrap_err().kafka_code();
+    assert_eq!(
+        code(admin.create_topic("orders", 1, &[]).await),
+        Some(36),
+        "TOPIC_ALREADY_EXISTS"
+    );
+    assert_eq!(
+        code(admin.create_topic("bad name", 1, &[]).await),
+        Some(17),
+        "INVALID_TOPIC_EXCEPTION"
+    );
+    // (A partition count below 1 is refused by the client before it is sent; the agent's
+    // own check is covered in the agent's tests.)
+    let bad_config = [("segment.bytes".to_string(), "1".to_string())];
+    assert_eq!(
+        code(admin.create_topic("cfg", 1, &bad_config).await),
+        Some(40),
+        "INVALID_CONFIG"
+    );
+    assert_eq!(
+        code(admin.delete_topic("missing").await),
+        Some(3),
+        "UNKNOWN_TOPIC_OR_PARTITION"
+    );
+    let described = admin.describe_topic("orders").await.unwrap();
+    assert_eq!(described.partitions.len(), 3);
+    assert!(described
+        .partitions
+        .iter()
+        .all(|p| p.leader_node_id >= 0 && p.high_watermark == 0));
+    admin.delete_topic("orders").await.unwrap();
+    assert!(admin
+        .list_topics()
+        .await
+        .unwrap()
+        .iter()
+        .all(|t| t.name != "orders"));
+    // A topic created again under the same name starts at offset 0.
+    admin.create_topic("orders", 1, &[]).await.unwrap();
+    let producer = Producer::new(&server.kafka_addr, ProducerConfig::default())
+        .await
+        .unwrap();
+    let meta = producer
+        .send_and_wait(ProducerRecord::new("orders", Bytes::from_static(b"again")))
+        .await
+        .unwrap();
+    assert_eq!(meta.offset, 0);
+}
