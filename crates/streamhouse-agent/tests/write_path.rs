@@ -118,6 +118,18 @@ impl MetadataStore for Faulty {
     ) -> Result<Option<IndexEntry>> {
         self.inner.find_entry_by_timestamp(tp, t).await
     }
+    async fn commit_group_offsets(&self, g: &str, o: &[GroupOffset]) -> Result<()> {
+        self.inner.commit_group_offsets(g, o).await
+    }
+    async fn fetch_group_offsets(&self, g: &str) -> Result<Vec<GroupOffset>> {
+        self.inner.fetch_group_offsets(g).await
+    }
+    async fn list_offset_groups(&self) -> Result<Vec<String>> {
+        self.inner.list_offset_groups().await
+    }
+    async fn delete_group_offsets(&self, g: &str) -> Result<bool> {
+        self.inner.delete_group_offsets(g).await
+    }
     async fn ping(&self) -> Result<()> {
         self.inner.ping().await
     }

@@ -138,6 +138,7 @@ pub(crate) async fn bench(args: BenchArgs) -> anyhow::Result<()> {
             max_request_bytes: 100 << 20,
             auto_create_topics: false,
             default_partitions: 1,
+            group_initial_rebalance_delay_ms: 3000,
             lease_ttl_ms: 30_000,
             heartbeat_interval_ms: 10_000,
         };

@@ -64,6 +64,14 @@ pub(crate) struct ServeArgs {
     /// Partitions of auto-created topics and of CreateTopics requests that leave it to us.
     #[arg(long, env = "STREAMHOUSE_DEFAULT_PARTITIONS", default_value_t = 1)]
     pub(crate) default_partitions: i32,
+    /// How long the first rebalance of an empty consumer group waits for more members
+    /// (Kafka's group.initial.rebalance.delay.ms).
+    #[arg(
+        long,
+        env = "STREAMHOUSE_GROUP_INITIAL_REBALANCE_DELAY_MS",
+        default_value_t = 3000
+    )]
+    pub(crate) group_initial_rebalance_delay_ms: u64,
     /// How long a partition lease lasts without renewal.
     #[arg(long, env = "STREAMHOUSE_LEASE_TTL_MS", default_value_t = 30_000)]
     pub(crate) lease_ttl_ms: u64,
@@ -102,6 +110,7 @@ pub(crate) struct Running {
     pub(crate) advertised: String,
     shutdown: CancellationToken,
     agent_task: tokio::task::JoinHandle<()>,
+    groups_task: tokio::task::JoinHandle<()>,
     server_task: tokio::task::JoinHandle<()>,
 }
 
@@ -111,6 +120,9 @@ impl Running {
         self.shutdown.cancelled().await;
         info!("shutting down: no new connections; flushing what is pending");
         self.agent_task.await.context("agent task failed")?;
+        self.groups_task
+            .await
+            .context("group coordinator task failed")?;
         self.server_task
             .await
             .context("kafka listener task failed")?;
@@ -193,9 +205,18 @@ pub(crate) async fn start(
         max_request_bytes: args.max_request_bytes,
         ..Default::default()
     };
+    let groups = streamhouse_groups::GroupCoordinator::new(
+        streamhouse_groups::GroupConfig {
+            initial_rebalance_delay: Duration::from_millis(args.group_initial_rebalance_delay_ms),
+            ..Default::default()
+        },
+        agent.metadata().clone(),
+    );
+    let groups_task = tokio::spawn(groups.clone().run(shutdown.clone()));
     let server_task = tokio::spawn(streamhouse_kafka::run(
         listener,
         agent.clone(),
+        groups,
         server_config,
         shutdown.clone(),
     ));
@@ -207,6 +228,7 @@ pub(crate) async fn start(
         advertised,
         shutdown,
         agent_task,
+        groups_task,
         server_task,
     })
 }

@@ -86,7 +86,7 @@ pub async fn serve(
                 break;
             }
         };
-        match handler.dispatch(frame).await {
+        match handler.dispatch(frame, peer).await {
             Ok(pending) => {
                 if responses.send(pending).await.is_err() {
                     break;

@@ -33,3 +33,27 @@ pub fn error_code(e: &AgentError) -> ResponseError {
 
 /// An error and its sources on one line, for error messages sent to clients.
 pub use streamhouse_agent::error_chain as message;
+
+/// The Kafka error for a refused group request.
+pub fn group_error_code(e: &streamhouse_groups::GroupError) -> ResponseError {
+    use streamhouse_groups::GroupError;
+    match e {
+        GroupError::MemberIdRequired { .. } => ResponseError::MemberIdRequired,
+        GroupError::UnknownMember { .. } => ResponseError::UnknownMemberId,
+        GroupError::IllegalGeneration { .. } => ResponseError::IllegalGeneration,
+        GroupError::RebalanceInProgress { .. } => ResponseError::RebalanceInProgress,
+        GroupError::InvalidSessionTimeout { .. } => ResponseError::InvalidSessionTimeout,
+        GroupError::InconsistentProtocol { .. } => ResponseError::InconsistentGroupProtocol,
+        GroupError::FencedInstance { .. } => ResponseError::FencedInstanceId,
+        GroupError::InvalidGroupId => ResponseError::InvalidGroupId,
+        GroupError::NonEmptyGroup { .. } => ResponseError::NonEmptyGroup,
+        GroupError::GroupNotFound { .. } => ResponseError::GroupIdNotFound,
+        GroupError::ShuttingDown | GroupError::Metadata(_) => {
+            ResponseError::CoordinatorNotAvailable
+        }
+        other => {
+            warn!(error = %other, "unmapped group error answered as UNKNOWN_SERVER_ERROR");
+            ResponseError::UnknownServerError
+        }
+    }
+}

@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use streamhouse_agent::Agent;
+use streamhouse_groups::GroupCoordinator;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
@@ -40,10 +41,11 @@ impl Default for ServerConfig {
 pub async fn run(
     listener: TcpListener,
     agent: Arc<Agent>,
+    groups: Arc<GroupCoordinator>,
     config: ServerConfig,
     shutdown: CancellationToken,
 ) {
-    let handler = Arc::new(Handler::new(agent));
+    let handler = Arc::new(Handler::new(agent, groups));
     let limit = Arc::new(Semaphore::new(config.max_connections));
     let mut connections = JoinSet::new();
     info!(addr = ?listener.local_addr().ok(), "kafka listener ready");

@@ -118,6 +118,19 @@ pub trait MetadataStore: Send + Sync + std::fmt::Debug {
         timestamp: i64,
     ) -> Result<Option<IndexEntry>>;
 
+    /// Stores a consumer group's committed offsets (replacing earlier commits of the same
+    /// partitions), all in one transaction.
+    async fn commit_group_offsets(&self, group: &str, offsets: &[GroupOffset]) -> Result<()>;
+
+    /// A consumer group's committed offsets, in topic and partition order.
+    async fn fetch_group_offsets(&self, group: &str) -> Result<Vec<GroupOffset>>;
+
+    /// Every group that has committed offsets.
+    async fn list_offset_groups(&self) -> Result<Vec<String>>;
+
+    /// Forgets a group's committed offsets; returns whether it had any.
+    async fn delete_group_offsets(&self, group: &str) -> Result<bool>;
+
     /// Whether the store answers (for readiness checks).
     async fn ping(&self) -> Result<()>;
 }

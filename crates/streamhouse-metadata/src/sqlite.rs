@@ -598,6 +598,76 @@ impl MetadataStore for SqliteStore {
         row.as_ref().map(|row| entry_from_row(tp, row)).transpose()
     }
 
+    async fn commit_group_offsets(&self, group: &str, offsets: &[GroupOffset]) -> Result<()> {
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(MetadataError::db("begin offset commit"))?;
+        for o in offsets {
+            sqlx::query(&format!(
+                "INSERT INTO group_offsets (group_id, topic, partition_id, committed_offset, \
+                 leader_epoch, metadata, commit_timestamp_ms) VALUES (?, ?, ?, ?, ?, ?, {NOW_MS}) \
+                 ON CONFLICT (group_id, topic, partition_id) DO UPDATE SET \
+                 committed_offset = excluded.committed_offset, leader_epoch = excluded.leader_epoch, \
+                 metadata = excluded.metadata, commit_timestamp_ms = excluded.commit_timestamp_ms"
+            ))
+            .bind(group)
+            .bind(&o.tp.topic)
+            .bind(o.tp.partition.0)
+            .bind(o.offset.0)
+            .bind(o.leader_epoch)
+            .bind(&o.metadata)
+            .execute(&mut *tx)
+            .await
+            .map_err(MetadataError::db("store a committed offset"))?;
+        }
+        tx.commit()
+            .await
+            .map_err(MetadataError::db("commit offset commit"))
+    }
+
+    async fn fetch_group_offsets(&self, group: &str) -> Result<Vec<GroupOffset>> {
+        let rows = sqlx::query(
+            "SELECT topic, partition_id, committed_offset, leader_epoch, metadata, commit_timestamp_ms \
+             FROM group_offsets WHERE group_id = ? ORDER BY topic, partition_id",
+        )
+        .bind(group)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(MetadataError::db("fetch committed offsets"))?;
+        Ok(rows
+            .iter()
+            .map(|r| GroupOffset {
+                tp: TopicPartition::new(
+                    r.get::<String, _>("topic"),
+                    r.get::<i32, _>("partition_id"),
+                ),
+                offset: Offset(r.get("committed_offset")),
+                leader_epoch: r.get("leader_epoch"),
+                metadata: r.get("metadata"),
+                commit_timestamp_ms: r.get("commit_timestamp_ms"),
+            })
+            .collect())
+    }
+
+    async fn list_offset_groups(&self) -> Result<Vec<String>> {
+        let rows = sqlx::query("SELECT DISTINCT group_id FROM group_offsets ORDER BY group_id")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(MetadataError::db("list groups with offsets"))?;
+        Ok(rows.iter().map(|r| r.get::<String, _>(0)).collect())
+    }
+
+    async fn delete_group_offsets(&self, group: &str) -> Result<bool> {
+        let deleted = sqlx::query("DELETE FROM group_offsets WHERE group_id = ?")
+            .bind(group)
+            .execute(&self.pool)
+            .await
+            .map_err(MetadataError::db("delete group offsets"))?;
+        Ok(deleted.rows_affected() > 0)
+    }
+
     async fn ping(&self) -> Result<()> {
         sqlx::query("SELECT 1")
             .execute(&self.pool)

@@ -182,3 +182,17 @@ pub enum CommitRejection {
     #[error("commit for {0} does not start at its expected high watermark")]
     InvalidRange(TopicPartition),
 }
+
+/// An offset a consumer group committed for one partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupOffset {
+    pub tp: TopicPartition,
+    /// The next offset the group will consume.
+    pub offset: Offset,
+    /// The leader epoch of the last consumed record, or -1.
+    pub leader_epoch: i32,
+    /// Free-form metadata the client stored with the commit.
+    pub metadata: Option<String>,
+    /// When the commit was made (store clock, ms since the Unix epoch); set by the store.
+    pub commit_timestamp_ms: i64,
+}

@@ -286,3 +286,49 @@ async fn a_recreated_topic_continues_lease_epochs() {
         assert!(matches!(res[0], Err(CommitRejection::Fenced { .. })));
     }
 }
+
+#[tokio::test]
+async fn group_offsets_are_stored_replaced_and_deleted() {
+    for (_dir, store) in backends().await {
+        let offset = |topic: &str, p: i32, o: i64, meta: Option<&str>| GroupOffset {
+            tp: TopicPartition::new(topic, p),
+            offset: Offset(o),
+            leader_epoch: 3,
+            metadata: meta.map(str::to_string),
+            commit_timestamp_ms: 0,
+        };
+        assert!(store.fetch_group_offsets("g").await.unwrap().is_empty());
+        store
+            .commit_group_offsets(
+                "g",
+                &[offset("t", 0, 5, Some("m")), offset("t", 1, 7, None)],
+            )
+            .await
+            .unwrap();
+        store
+            .commit_group_offsets("g", &[offset("t", 0, 9, None)])
+            .await
+            .unwrap();
+        store
+            .commit_group_offsets("other", &[offset("u", 0, 1, None)])
+            .await
+            .unwrap();
+        let got = store.fetch_group_offsets("g").await.unwrap();
+        assert_eq!(
+            got.iter()
+                .map(|o| (o.tp.partition.0, o.offset.0, o.metadata.clone()))
+                .collect::<Vec<_>>(),
+            vec![(0, 9, None), (1, 7, None)]
+        );
+        assert!(got
+            .iter()
+            .all(|o| o.leader_epoch == 3 && o.commit_timestamp_ms > 0));
+        assert_eq!(
+            store.list_offset_groups().await.unwrap(),
+            vec!["g".to_string(), "other".to_string()]
+        );
+        assert!(store.delete_group_offsets("g").await.unwrap());
+        assert!(!store.delete_group_offsets("g").await.unwrap());
+        assert!(store.fetch_group_offsets("g").await.unwrap().is_empty());
+    }
+}

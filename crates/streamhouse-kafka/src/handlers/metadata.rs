@@ -194,7 +194,7 @@ async fn describe(
 }
 
 /// Splits "host:port" (IPv6 hosts in brackets); a missing or bad port gives 9092.
-fn split_addr(addr: &str) -> (String, i32) {
+pub(crate) fn split_addr(addr: &str) -> (String, i32) {
     match addr.rsplit_once(':') {
         Some((host, port)) => (
             host.trim_start_matches('[')

@@ -7,10 +7,12 @@
 mod admin;
 mod api_versions;
 mod fetch;
+mod groups;
 mod list_offsets;
-mod metadata;
+pub(crate) mod metadata;
 mod produce;
 
+use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
@@ -18,6 +20,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::{ApiKey, RequestHeader, RequestKind, ResponseHeader, ResponseKind};
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use streamhouse_agent::Agent;
+use streamhouse_groups::GroupCoordinator;
 use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 
@@ -28,11 +31,12 @@ pub use api_versions::SUPPORTED;
 #[derive(Debug)]
 pub struct Handler {
     agent: Arc<Agent>,
+    groups: Arc<GroupCoordinator>,
 }
 
 impl Handler {
-    pub fn new(agent: Arc<Agent>) -> Self {
-        Handler { agent }
+    pub fn new(agent: Arc<Agent>, groups: Arc<GroupCoordinator>) -> Self {
+        Handler { agent, groups }
     }
 
     /// Decodes one request frame and starts handling it. The returned task yields the
@@ -40,6 +44,7 @@ impl Handler {
     pub async fn dispatch(
         self: &Arc<Self>,
         mut frame: Bytes,
+        peer: SocketAddr,
     ) -> Result<JoinHandle<Option<Bytes>>, ConnectionError> {
         let malformed = |reason: String| ConnectionError::Malformed { reason };
         let (api_key, version, correlation_id) = match frame.get(..8) {
@@ -93,7 +98,15 @@ impl Handler {
                 })
             }
             request => tokio::spawn(async move {
-                let response = handler.handle(request, version).await?;
+                let caller = groups::Caller {
+                    client_id: header
+                        .client_id
+                        .as_ref()
+                        .map(|c| c.as_str().to_string())
+                        .unwrap_or_default(),
+                    host: format!("/{}", peer.ip()),
+                };
+                let response = handler.handle(request, version, &caller).await?;
                 encode(key, version, correlation_id, response)
             }),
         };
@@ -101,8 +114,14 @@ impl Handler {
     }
 
     /// Handles every request but Produce.
-    async fn handle(&self, request: RequestKind, version: i16) -> Option<ResponseKind> {
+    async fn handle(
+        &self,
+        request: RequestKind,
+        version: i16,
+        caller: &groups::Caller,
+    ) -> Option<ResponseKind> {
         let agent = &self.agent;
+        let coordinator = &self.groups;
         Some(match request {
             RequestKind::ApiVersions(_) => ResponseKind::ApiVersions(api_versions::handle()),
             RequestKind::Metadata(req) => {
@@ -114,6 +133,36 @@ impl Handler {
             }
             RequestKind::CreateTopics(req) => {
                 ResponseKind::CreateTopics(admin::create_topics(agent, req).await)
+            }
+            RequestKind::FindCoordinator(req) => {
+                ResponseKind::FindCoordinator(groups::find_coordinator(agent, req, version))
+            }
+            RequestKind::JoinGroup(req) => {
+                ResponseKind::JoinGroup(groups::join_group(coordinator, req, version, caller).await)
+            }
+            RequestKind::SyncGroup(req) => {
+                ResponseKind::SyncGroup(groups::sync_group(coordinator, req, version).await)
+            }
+            RequestKind::Heartbeat(req) => {
+                ResponseKind::Heartbeat(groups::heartbeat(coordinator, req))
+            }
+            RequestKind::LeaveGroup(req) => {
+                ResponseKind::LeaveGroup(groups::leave_group(coordinator, req, version))
+            }
+            RequestKind::OffsetCommit(req) => {
+                ResponseKind::OffsetCommit(groups::offset_commit(coordinator, req).await)
+            }
+            RequestKind::OffsetFetch(req) => {
+                ResponseKind::OffsetFetch(groups::offset_fetch(coordinator, req, version).await)
+            }
+            RequestKind::DescribeGroups(req) => {
+                ResponseKind::DescribeGroups(groups::describe_groups(coordinator, req).await)
+            }
+            RequestKind::ListGroups(req) => {
+                ResponseKind::ListGroups(groups::list_groups(coordinator, req).await)
+            }
+            RequestKind::DeleteGroups(req) => {
+                ResponseKind::DeleteGroups(groups::delete_groups(coordinator, req).await)
             }
             RequestKind::DeleteTopics(req) => {
                 ResponseKind::DeleteTopics(admin::delete_topics(agent, req, version).await)
