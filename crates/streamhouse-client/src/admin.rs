@@ -1,4 +1,5 @@
-//! Topic administration: create, delete, list and describe topics, look up offsets.
+//! Cluster administration: create, delete, list and describe topics, look up offsets, and
+//! list, describe and delete consumer groups and their committed offsets.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,14 +9,16 @@ use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableT
 use kafka_protocol::messages::delete_topics_request::DeleteTopicState;
 use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
 use kafka_protocol::messages::{
-    BrokerId, CreateTopicsRequest, DeleteTopicsRequest, ListOffsetsRequest, MetadataResponse,
-    TopicName,
+    BrokerId, CreateTopicsRequest, DeleteGroupsRequest, DeleteTopicsRequest, DescribeGroupsRequest,
+    GroupId, ListGroupsRequest, ListOffsetsRequest, MetadataResponse, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 
+use crate::assignor::{decode_assignment, CONSUMER_PROTOCOL_TYPE};
 use crate::cluster::Cluster;
 use crate::connection::DEFAULT_REQUEST_TIMEOUT;
 use crate::error::{is_metadata_error, ClientError};
+use crate::group::{find_coordinator, offset_fetch};
 
 /// Where to start reading, or which offset to look up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,6 +71,48 @@ pub struct TopicDescription {
     pub name: String,
     /// Partitions ordered by index.
     pub partitions: Vec<PartitionDescription>,
+}
+
+/// A group in [`Admin::list_groups`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupListing {
+    /// Group id.
+    pub group_id: String,
+    /// State as the coordinator names it (`Empty`, `Stable`, `PreparingRebalance`, ...);
+    /// empty if the broker's ListGroups version does not report states.
+    pub state: String,
+    /// Protocol type, "consumer" for consumer groups.
+    pub protocol_type: String,
+}
+
+/// One member in a [`GroupDescription`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupMemberDescription {
+    /// Member id given by the coordinator.
+    pub member_id: String,
+    /// Static membership id, if the member set one.
+    pub group_instance_id: Option<String>,
+    /// The member's client id.
+    pub client_id: String,
+    /// The member's host as the coordinator saw it.
+    pub client_host: String,
+    /// Assigned (topic, partition) pairs; empty unless the group is a consumer group.
+    pub assignment: Vec<(String, i32)>,
+}
+
+/// The result of [`Admin::describe_group`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupDescription {
+    /// Group id.
+    pub group_id: String,
+    /// State (`Empty`, `Stable`, `PreparingRebalance`, `CompletingRebalance`, `Dead`).
+    pub state: String,
+    /// Protocol type ("consumer").
+    pub protocol_type: String,
+    /// Chosen assignor ("range", "roundrobin"), empty between generations.
+    pub protocol: String,
+    /// Members, sorted by member id.
+    pub members: Vec<GroupMemberDescription>,
 }
 
 /// Administrative operations against a cluster reached through a bootstrap address.
@@ -250,6 +295,100 @@ impl Admin {
         list_offsets(&self.cluster, topic, partition, spec).await
     }
 
+    /// Every group on every broker, sorted by id.
+    pub async fn list_groups(&self) -> Result<Vec<GroupListing>, ClientError> {
+        self.cluster.refresh(&[]).await?;
+        let mut out: Vec<GroupListing> = Vec::new();
+        for node in self.cluster.broker_ids() {
+            let conn = self.cluster.broker(node).await?;
+            let resp = conn.send(ListGroupsRequest::default()).await?;
+            if resp.error_code != 0 {
+                return Err(ClientError::kafka(resp.error_code, Some("ListGroups")));
+            }
+            for g in resp.groups {
+                let group_id = g.group_id.0.as_str().to_owned();
+                if out.iter().any(|l| l.group_id == group_id) {
+                    continue;
+                }
+                out.push(GroupListing {
+                    group_id,
+                    state: g.group_state.as_str().to_owned(),
+                    protocol_type: g.protocol_type.as_str().to_owned(),
+                });
+            }
+        }
+        out.sort_by(|a, b| a.group_id.cmp(&b.group_id));
+        Ok(out)
+    }
+
+    /// State, assignor and members (with their decoded assignments) of `group`.
+    pub async fn describe_group(&self, group: &str) -> Result<GroupDescription, ClientError> {
+        let conn = find_coordinator(&self.cluster, group, self.request_timeout).await?;
+        let req = DescribeGroupsRequest::default().with_groups(vec![group_id(group)]);
+        let resp = conn.send(req).await?;
+        let g = resp
+            .groups
+            .into_iter()
+            .find(|g| g.group_id.0.as_str() == group)
+            .ok_or_else(|| ClientError::corrupt("DescribeGroups response", "group missing"))?;
+        if g.error_code != 0 {
+            return Err(ClientError::kafka(
+                g.error_code,
+                g.error_message.as_deref().or(Some(group)),
+            ));
+        }
+        let is_consumer = g.protocol_type.as_str() == CONSUMER_PROTOCOL_TYPE;
+        let mut members = Vec::with_capacity(g.members.len());
+        for m in g.members {
+            let assignment = if is_consumer {
+                decode_assignment(&m.member_assignment)?
+            } else {
+                Vec::new()
+            };
+            members.push(GroupMemberDescription {
+                member_id: m.member_id.as_str().to_owned(),
+                group_instance_id: m.group_instance_id.map(|i| i.as_str().to_owned()),
+                client_id: m.client_id.as_str().to_owned(),
+                client_host: m.client_host.as_str().to_owned(),
+                assignment,
+            });
+        }
+        members.sort_by(|a, b| a.member_id.cmp(&b.member_id));
+        Ok(GroupDescription {
+            group_id: group.to_owned(),
+            state: g.group_state.as_str().to_owned(),
+            protocol_type: g.protocol_type.as_str().to_owned(),
+            protocol: g.protocol_data.as_str().to_owned(),
+            members,
+        })
+    }
+
+    /// Deletes `group` and its committed offsets; fails with NON_EMPTY_GROUP (68) while it
+    /// has members and GROUP_ID_NOT_FOUND (69) if it does not exist.
+    pub async fn delete_group(&self, group: &str) -> Result<(), ClientError> {
+        let conn = find_coordinator(&self.cluster, group, self.request_timeout).await?;
+        let req = DeleteGroupsRequest::default().with_groups_names(vec![group_id(group)]);
+        let resp = conn.send(req).await?;
+        let result = resp
+            .results
+            .iter()
+            .find(|r| r.group_id.0.as_str() == group)
+            .ok_or_else(|| ClientError::corrupt("DeleteGroups response", "group missing"))?;
+        if result.error_code != 0 {
+            return Err(ClientError::kafka(result.error_code, Some(group)));
+        }
+        Ok(())
+    }
+
+    /// Every committed offset of `group` as (topic, partition, offset), sorted.
+    pub async fn list_group_offsets(
+        &self,
+        group: &str,
+    ) -> Result<Vec<(String, i32, i64)>, ClientError> {
+        let conn = find_coordinator(&self.cluster, group, self.request_timeout).await?;
+        offset_fetch(&conn, group, None).await
+    }
+
     /// A raw Metadata request: `None` asks for every topic.
     pub async fn metadata(
         &self,
@@ -316,6 +455,10 @@ async fn list_offsets_once(
         ));
     }
     Ok(p.offset)
+}
+
+fn group_id(group: &str) -> GroupId {
+    GroupId(StrBytes::from_string(group.to_owned()))
 }
 
 /// A protocol topic name from a `&str`.

@@ -207,6 +207,13 @@ impl Cluster {
         }
     }
 
+    /// Node ids of every known broker, sorted.
+    pub(crate) fn broker_ids(&self) -> Vec<i32> {
+        let mut ids: Vec<i32> = self.state().brokers.keys().copied().collect();
+        ids.sort_unstable();
+        ids
+    }
+
     /// Cached metadata of `topic`, if any.
     pub(crate) fn topic(&self, topic: &str) -> Option<TopicMeta> {
         self.state().topics.get(topic).cloned()

@@ -2,9 +2,11 @@
 //!
 //! Modules:
 //! - [`connection`]: one pipelined TCP connection; framing, version negotiation, correlation.
-//! - [`admin`]: create/delete/list/describe topics and look up offsets.
+//! - [`admin`]: create/delete/list/describe topics and groups, look up offsets.
 //! - [`producer`]: batching producer that reports each record's real offset.
-//! - [`consumer`]: fetches assigned partitions (no consumer groups yet).
+//! - [`consumer`]: fetches assigned partitions, or subscribes as a consumer-group member.
+//! - [`assignor`]: range/roundrobin assignors and the ConsumerProtocol encodings.
+//! - `group` (private): coordinator requests and the membership state machine.
 //! - [`partitioner`]: Java-compatible murmur2 key partitioning and sticky keyless partitioning.
 //! - [`records`]: producer/consumer record types and record-batch encoding/decoding.
 //! - [`error`]: [`ClientError`], one variant per failure kind.
@@ -12,19 +14,25 @@
 //! - `cluster` (private): metadata cache and per-broker connection pool.
 
 pub mod admin;
+pub mod assignor;
 mod cluster;
 pub mod connection;
 pub mod consumer;
 pub mod error;
 #[cfg(any(test, feature = "fake-broker"))]
 pub mod fake_broker;
+mod group;
 pub mod partitioner;
 pub mod producer;
 pub mod records;
 
-pub use admin::{Admin, OffsetSpec, PartitionDescription, TopicDescription, TopicSummary};
+pub use admin::{
+    Admin, GroupDescription, GroupListing, GroupMemberDescription, OffsetSpec,
+    PartitionDescription, TopicDescription, TopicSummary,
+};
+pub use assignor::AssignmentStrategy;
 pub use connection::Connection;
-pub use consumer::{Consumer, ConsumerConfig};
+pub use consumer::{AutoOffsetReset, Consumer, ConsumerConfig, RebalanceListener};
 pub use error::ClientError;
 pub use partitioner::{murmur2, Partitioner};
 pub use producer::{DeliveryHandle, Producer, ProducerConfig, RecordMetadata};
