@@ -14,8 +14,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::{Bytes, BytesMut};
 use streamhouse_metadata::{
     validate_topic_name, AgentInfo, AgentRegistration, CommitRejection, IndexEntry, MetadataError,
-    MetadataStore, ObjectRecord, Offset, PartitionCommit, TimestampType, Topic, TopicConfig,
-    TopicPartition,
+    MetadataStore, ObjectRecord, Offset, PartitionCommit, ProducerId, ProducerState, TimestampType,
+    Topic, TopicConfig, TopicPartition,
 };
 use streamhouse_storage::batch::{self, BatchSpan};
 use streamhouse_storage::{ObjectBuilder, ObjectStorage};
@@ -26,6 +26,7 @@ use tracing::{debug, info, warn};
 use crate::config::AgentConfig;
 use crate::error::AgentError;
 use crate::leases::Led;
+use crate::producers::{self, BatchIds, Verdict};
 
 /// What a producer learns once its batch is durable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,7 +66,7 @@ impl ReadResult {
     }
 }
 
-type Reply = oneshot::Sender<Result<Appended, AgentError>>;
+pub(crate) type Reply = oneshot::Sender<Result<Appended, AgentError>>;
 
 /// One producer's record set for one partition, waiting for a flush.
 struct PendingBatch {
@@ -73,11 +74,18 @@ struct PendingBatch {
     data: BytesMut,
     spans: Vec<BatchSpan>,
     reply: Reply,
+    /// For an idempotent producer's batch: its sequence numbers and its id among the
+    /// partition's pending batches.
+    idem: Option<(BatchIds, u64)>,
     _permit: OwnedSemaphorePermit,
 }
 
 /// A batch with its assigned base offset and, for LogAppendTime topics, its append time.
 type Assigned = (PendingBatch, Offset, Option<i64>);
+
+/// One partition's share of a flush: its batches with their offsets, and the retries found
+/// among them at flush time (the base offset of the batch they repeat, and the retry).
+type Waiting = (TopicPartition, Vec<Assigned>, Vec<(Offset, PendingBatch)>);
 
 #[derive(Default)]
 struct Pending {
@@ -89,6 +97,78 @@ struct Pending {
 pub(crate) struct State {
     pub(crate) led: HashMap<TopicPartition, Led>,
     pending: Pending,
+    /// The id of the next idempotent batch appended (see [`PendingBatch::idem`]).
+    next_batch_id: u64,
+}
+
+impl State {
+    /// Answers a batch and the retries attached to it. A failed idempotent batch also
+    /// undoes what was accepted after it from the same producer on that partition: those
+    /// batches no longer continue the producer's sequence, so the ones still buffered are
+    /// answered with a retriable error now, and the producer's retry of the failed batch is
+    /// accepted at once.
+    fn settle(&mut self, b: PendingBatch, result: Result<Appended, AgentError>) {
+        if let Some((ids, id)) = &b.idem {
+            if let Some(led) = self.led.get_mut(&b.tp) {
+                match &result {
+                    Ok(appended) => {
+                        for w in led.producers.committed_pending(ids.producer_id, *id) {
+                            let _ = w.send(Ok(*appended));
+                        }
+                    }
+                    Err(e) => {
+                        let mut later = Vec::new();
+                        for p in led.producers.failed_pending(ids.producer_id, *id) {
+                            if p.id != *id {
+                                later.push(p.id);
+                            }
+                            for w in p.into_waiters() {
+                                let _ = w.send(Err(producers::copy_error(e)));
+                            }
+                        }
+                        if !later.is_empty() {
+                            let chained = || AgentError::FlushFailed {
+                                reason: format!(
+                                    "an earlier batch of producer {} failed: {}",
+                                    ids.producer_id,
+                                    error_chain(e)
+                                ),
+                            };
+                            let (failed, kept): (Vec<_>, Vec<_>) =
+                                std::mem::take(&mut self.pending.batches)
+                                    .into_iter()
+                                    .partition(|p| {
+                                        p.tp == b.tp
+                                            && p.idem
+                                                .as_ref()
+                                                .is_some_and(|(_, i)| later.contains(i))
+                                    });
+                            self.pending.batches = kept;
+                            for f in failed {
+                                self.pending.bytes =
+                                    self.pending.bytes.saturating_sub(f.data.len());
+                                let _ = f.reply.send(Err(chained()));
+                            }
+                            if self.pending.batches.is_empty() {
+                                self.pending.oldest = None;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        let _ = b.reply.send(result);
+    }
+
+    /// Stops leading `tp`; retries waiting for its pending batches hear NOT_LEADER (the
+    /// batches themselves are answered by the flush that finds no lease).
+    fn drop_led(&mut self, tp: &TopicPartition) {
+        if let Some(mut led) = self.led.remove(tp) {
+            for w in led.producers.take_waiters() {
+                let _ = w.send(Err(AgentError::NotLeader { tp: tp.clone() }));
+            }
+        }
+    }
 }
 
 /// A StreamHouse agent.
@@ -150,6 +230,7 @@ impl Agent {
             state: Mutex::new(State {
                 led: HashMap::new(),
                 pending: Pending::default(),
+                next_batch_id: 0,
             }),
             flush_wanted: Notify::new(),
             commits: watch::channel(0).0,
@@ -229,6 +310,7 @@ impl Agent {
                 max,
             });
         }
+        let idem = producers::identify(tp, &spans)?;
         let size = records.len();
         let wanted = u32::try_from(size.min(self.config.max_pending_bytes)).unwrap_or(u32::MAX);
         let permit = self
@@ -244,10 +326,45 @@ impl Agent {
         if self.closed.load(Ordering::Acquire) {
             return Err(AgentError::ShuttingDown);
         }
-        if !state.led.contains_key(tp) {
+        let State {
+            led,
+            pending,
+            next_batch_id,
+        } = &mut *state;
+        let Some(led) = led.get_mut(tp) else {
             return Err(AgentError::NotLeader { tp: tp.clone() });
-        }
-        let pending = &mut state.pending;
+        };
+        let idem = match idem {
+            None => None,
+            Some(ids) => match led.producers.check_append(tp, &ids) {
+                Verdict::Append => {
+                    let id = *next_batch_id;
+                    *next_batch_id += 1;
+                    led.producers.push_pending(id, ids);
+                    Some((ids, id))
+                }
+                Verdict::Duplicate(base_offset) => {
+                    debug!(%tp, producer = %ids.producer_id, sequence = ids.first_sequence,
+                           %base_offset, "retry of a committed batch");
+                    let _ = reply.send(Ok(Appended {
+                        base_offset,
+                        log_append_time: None,
+                        log_start_offset: led.log_start_offset,
+                    }));
+                    return Ok(receiver);
+                }
+                Verdict::DuplicateOfPending(id) => {
+                    debug!(%tp, producer = %ids.producer_id, sequence = ids.first_sequence,
+                           "retry of a pending batch; it gets the original's outcome");
+                    // Always attaches: the id was just found among the pending batches.
+                    if let Some(reply) = led.producers.attach(ids.producer_id, id, reply) {
+                        let _ = reply.send(Err(AgentError::NotLeader { tp: tp.clone() }));
+                    }
+                    return Ok(receiver);
+                }
+                Verdict::Reject(e) => return Err(e),
+            },
+        };
         pending.oldest.get_or_insert_with(Instant::now);
         pending.bytes += size;
         pending.batches.push(PendingBatch {
@@ -255,6 +372,7 @@ impl Agent {
             data: BytesMut::from(records),
             spans,
             reply,
+            idem,
             _permit: permit,
         });
         drop(state);
@@ -339,14 +457,16 @@ impl Agent {
         // Assign offsets from each partition's committed high watermark.
         let mut builder = ObjectBuilder::with_capacity(taken.bytes);
         let mut commits = Vec::new();
-        let mut waiting: Vec<(TopicPartition, Vec<Assigned>)> = Vec::new();
+        let mut waiting: Vec<Waiting> = Vec::new();
         {
-            let state = self.lock();
+            let mut state = self.lock();
+            // Batches answered without being written: refused, or retries of committed ones.
+            let mut settled: Vec<(PendingBatch, Result<Appended, AgentError>)> = Vec::new();
             let now = now_ms();
             for (tp, batches) in by_partition {
                 let Some(led) = state.led.get(&tp) else {
                     for b in batches {
-                        let _ = b.reply.send(Err(AgentError::NotLeader { tp: tp.clone() }));
+                        settled.push((b, Err(AgentError::NotLeader { tp: tp.clone() })));
                     }
                     continue;
                 };
@@ -354,8 +474,51 @@ impl Agent {
                 let mut next = base;
                 let mut max_timestamp = i64::MIN;
                 let mut answered = Vec::with_capacity(batches.len());
+                let mut retries = Vec::new();
+                // The producers' state as of each batch of this flush: the authoritative
+                // sequence check, against committed state only.
+                let mut producers: BTreeMap<ProducerId, ProducerState> = BTreeMap::new();
                 let log_append = led.config.timestamp_type == TimestampType::LogAppendTime;
                 for mut b in batches {
+                    if let Some((ids, _)) = &b.idem {
+                        let known = producers
+                            .get(&ids.producer_id)
+                            .or_else(|| led.producers.committed(ids.producer_id))
+                            .cloned();
+                        match producers::check_committed(&tp, known.as_ref(), ids) {
+                            Verdict::Append => {
+                                producers
+                                    .insert(ids.producer_id, producers::apply(known, ids, next));
+                            }
+                            // A retry of a batch earlier in this flush shares its outcome.
+                            Verdict::Duplicate(original) if original >= base => {
+                                retries.push((original, b));
+                                continue;
+                            }
+                            Verdict::Duplicate(base_offset) => {
+                                let appended = Appended {
+                                    base_offset,
+                                    log_append_time: None,
+                                    log_start_offset: led.log_start_offset,
+                                };
+                                settled.push((b, Ok(appended)));
+                                continue;
+                            }
+                            Verdict::Reject(e) => {
+                                settled.push((b, Err(e)));
+                                continue;
+                            }
+                            Verdict::DuplicateOfPending(_) => {
+                                // Not produced by the committed-state check; refuse rather
+                                // than risk writing a batch twice.
+                                let e = AgentError::FlushFailed {
+                                    reason: "unexpected pending duplicate".into(),
+                                };
+                                settled.push((b, Err(e)));
+                                continue;
+                            }
+                        }
+                    }
                     let first = next;
                     for span in &b.spans {
                         let bytes = &mut b.data[span.range.clone()];
@@ -373,6 +536,10 @@ impl Agent {
                     }
                     answered.push((b, first, log_append.then_some(now)));
                 }
+                if answered.is_empty() {
+                    // Everything was refused or answered as a retry: nothing to write.
+                    continue;
+                }
                 let pieces = answered.iter().map(|(b, _, _)| &b.data[..]);
                 builder.add_chunk(tp.clone(), base, next, max_timestamp, pieces);
                 commits.push(PartitionCommit {
@@ -388,8 +555,12 @@ impl Agent {
                         byte_len: 0,
                         max_timestamp,
                     },
+                    producers: producers.into_values().collect(),
                 });
-                waiting.push((tp, answered));
+                waiting.push((tp, answered, retries));
+            }
+            for (b, result) in settled {
+                state.settle(b, result);
             }
         }
         if builder.is_empty() {
@@ -427,7 +598,7 @@ impl Agent {
                     // The commit may or may not have landed: reload the partitions' high
                     // watermarks before their next flush.
                     let mut state = self.lock();
-                    for (tp, _) in &waiting {
+                    for (tp, _, _) in &waiting {
                         if let Some(led) = state.led.get_mut(tp) {
                             led.stale = true;
                         }
@@ -441,11 +612,15 @@ impl Agent {
             Err(reason) => {
                 warn!(object = %key, %reason, batches = waiting.iter().map(|w| w.1.len()).sum::<usize>(),
                       "flush failed; its batches are answered with a retriable error");
-                for (_, batches) in waiting {
-                    for (b, _, _) in batches {
-                        let _ = b.reply.send(Err(AgentError::FlushFailed {
+                // Nothing moved: neither offsets nor any producer's sequence state.
+                let mut state = self.lock();
+                for (_, batches, retries) in waiting {
+                    let failed = batches.into_iter().map(|(b, _, _)| b);
+                    for b in failed.chain(retries.into_iter().map(|(_, b)| b)) {
+                        let e = AgentError::FlushFailed {
                             reason: reason.clone(),
-                        }));
+                        };
+                        state.settle(b, Err(e));
                     }
                 }
                 return;
@@ -453,7 +628,7 @@ impl Agent {
         };
 
         let mut state = self.lock();
-        for ((tp, batches), (result, commit)) in
+        for ((tp, batches, retries), (result, commit)) in
             waiting.into_iter().zip(results.into_iter().zip(&commits))
         {
             match result {
@@ -461,16 +636,28 @@ impl Agent {
                     let log_start_offset = match state.led.get_mut(&tp) {
                         Some(led) => {
                             led.next_offset = commit.entry.end_offset;
+                            led.producers.commit(&commit.producers);
                             led.log_start_offset
                         }
                         None => Offset(0),
                     };
+                    let mut outcomes = HashMap::new();
                     for (b, base_offset, log_append_time) in batches {
-                        let _ = b.reply.send(Ok(Appended {
+                        let appended = Appended {
                             base_offset,
                             log_append_time,
                             log_start_offset,
-                        }));
+                        };
+                        outcomes.insert(base_offset, appended);
+                        state.settle(b, Ok(appended));
+                    }
+                    for (original, b) in retries {
+                        let appended = outcomes.get(&original).copied().unwrap_or(Appended {
+                            base_offset: original,
+                            log_append_time: None,
+                            log_start_offset,
+                        });
+                        state.settle(b, Ok(appended));
                     }
                 }
                 Err(rejection) => {
@@ -482,12 +669,13 @@ impl Agent {
                             }
                         }
                         CommitRejection::Fenced { .. } | CommitRejection::UnknownPartition(_) => {
-                            state.led.remove(&tp);
+                            state.drop_led(&tp);
                         }
                     }
                     warn!(%tp, %rejection, "commit refused for partition");
-                    for (b, _, _) in batches {
-                        let _ = b.reply.send(Err(AgentError::NotLeader { tp: tp.clone() }));
+                    let refused = batches.into_iter().map(|(b, _, _)| b);
+                    for b in refused.chain(retries.into_iter().map(|(_, b)| b)) {
+                        state.settle(b, Err(AgentError::NotLeader { tp: tp.clone() }));
                     }
                 }
             }
@@ -499,16 +687,25 @@ impl Agent {
 
     /// Re-reads a partition's committed high watermark after an ambiguous commit.
     async fn reload(&self, tp: &TopicPartition) {
-        match self.metadata.get_partition(tp).await {
-            Ok(Some(p)) => {
+        let loaded = match self.metadata.get_partition(tp).await {
+            Ok(Some(p)) => match self.metadata.load_producer_states(tp).await {
+                Ok(producers) => Ok(Some((p, producers))),
+                Err(e) => Err(e),
+            },
+            Ok(None) => Ok(None),
+            Err(e) => Err(e),
+        };
+        match loaded {
+            Ok(Some((p, producers))) => {
                 if let Some(led) = self.lock().led.get_mut(tp) {
                     led.next_offset = p.high_watermark;
                     led.log_start_offset = p.log_start_offset;
+                    led.producers.replace_committed(producers);
                     led.stale = false;
                 }
             }
             Ok(None) => {
-                self.lock().led.remove(tp);
+                self.lock().drop_led(tp);
             }
             Err(e) => warn!(%tp, error = %error_chain(&e), "cannot reload partition state"),
         }

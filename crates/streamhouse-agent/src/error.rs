@@ -1,6 +1,6 @@
 //! The agent's error type. Kafka error codes are chosen at the protocol edge, not here.
 
-use streamhouse_metadata::{MetadataError, Offset, TopicPartition};
+use streamhouse_metadata::{MetadataError, Offset, ProducerEpoch, ProducerId, TopicPartition};
 use streamhouse_storage::{BatchError, StorageError};
 
 /// Why an agent operation failed.
@@ -50,6 +50,34 @@ pub enum AgentError {
     /// became visible and no offset was used. The cause is logged once by the flusher.
     #[error("flush failed: {reason}")]
     FlushFailed { reason: String },
+    /// An idempotent batch carries an epoch older than one this partition has seen for the
+    /// producer: it comes from a fenced incarnation.
+    #[error("producer {producer_id} on {tp} sent epoch {epoch}, but epoch {current} is current")]
+    InvalidProducerEpoch {
+        tp: TopicPartition,
+        producer_id: ProducerId,
+        epoch: ProducerEpoch,
+        current: ProducerEpoch,
+    },
+    /// An idempotent batch does not continue its producer's sequence on this partition (a
+    /// batch before it is missing, or it is older than the batches remembered).
+    #[error("producer {producer_id} on {tp} sent sequence {got}, expected {expected}")]
+    OutOfOrderSequence {
+        tp: TopicPartition,
+        producer_id: ProducerId,
+        expected: i32,
+        got: i32,
+    },
+    /// InitProducerId from an incarnation whose epoch was bumped since.
+    #[error("producer {producer_id} claims epoch {epoch}, but epoch {current} is current")]
+    ProducerFenced {
+        producer_id: ProducerId,
+        epoch: ProducerEpoch,
+        current: ProducerEpoch,
+    },
+    /// A transactional id was given: only idempotent (non-transactional) producers are served.
+    #[error("transactions are not supported")]
+    TransactionsUnsupported,
 }
 
 impl AgentError {

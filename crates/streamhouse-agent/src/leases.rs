@@ -12,17 +12,21 @@ use tracing::{info, warn};
 
 use crate::agent::{error_chain, Agent, RETRY_PAUSE};
 use crate::error::AgentError;
+use crate::producers::Producers;
 
 /// A partition this agent leads.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub(crate) struct Led {
     pub(crate) epoch: LeaseEpoch,
     /// The committed high watermark: the next offset to assign.
     pub(crate) next_offset: Offset,
     pub(crate) log_start_offset: Offset,
     pub(crate) config: Arc<TopicConfig>,
-    /// Set after an ambiguous commit: reload `next_offset` before the next flush.
+    /// Set after an ambiguous commit: reload `next_offset` (and the producers' committed
+    /// state) before the next flush.
     pub(crate) stale: bool,
+    /// The idempotent producers' sequence state, committed and pending.
+    pub(crate) producers: Producers,
 }
 
 impl Agent {
@@ -63,6 +67,9 @@ impl Agent {
             .get_partition(tp)
             .await?
             .ok_or_else(|| AgentError::UnknownTopicOrPartition { tp: tp.clone() })?;
+        // Likewise the producers' state, committed with the data by earlier leaders, so a
+        // retry of a batch they appended is still recognized.
+        let producers = self.metadata.load_producer_states(tp).await?;
         info!(%tp, epoch = %lease.epoch, high_watermark = %partition.high_watermark, "lease acquired");
         self.lock().led.insert(
             tp.clone(),
@@ -72,6 +79,7 @@ impl Agent {
                 log_start_offset: partition.log_start_offset,
                 config: Arc::new(config),
                 stale: false,
+                producers: Producers::new(producers),
             },
         );
         Ok(())

@@ -5,14 +5,18 @@
 //! - [`error`]: the agent's error type.
 //! - [`agent`]: the [`Agent`] itself: append, flush, read, list offsets, topic admin.
 //! - [`leases`]: acquiring, renewing and releasing partition leases.
+//! - `producers`: idempotent producers: InitProducerId and per-partition sequence checks.
+//! - `admin`: topic configs, partition increases, DeleteRecords.
 //!
 //! The agent keeps no state that the metadata store does not also have: after a crash a new
 //! agent reloads high watermarks from the store and continues from them.
 
+mod admin;
 pub mod agent;
 pub mod config;
 pub mod error;
 mod leases;
+mod producers;
 mod read;
 
 pub use agent::{error_chain, Agent, Appended, OffsetSpec, ReadResult};

@@ -118,6 +118,15 @@ impl MetadataStore for Faulty {
     ) -> Result<Option<IndexEntry>> {
         self.inner.find_entry_by_timestamp(tp, t).await
     }
+    async fn set_topic_configs(&self, n: &str, c: &BTreeMap<String, String>) -> Result<()> {
+        self.inner.set_topic_configs(n, c).await
+    }
+    async fn add_partitions(&self, n: &str, p: i32) -> Result<()> {
+        self.inner.add_partitions(n, p).await
+    }
+    async fn advance_log_start(&self, tp: &TopicPartition, o: Offset) -> Result<Offset> {
+        self.inner.advance_log_start(tp, o).await
+    }
     async fn commit_group_offsets(&self, g: &str, o: &[GroupOffset]) -> Result<()> {
         self.inner.commit_group_offsets(g, o).await
     }
@@ -129,6 +138,15 @@ impl MetadataStore for Faulty {
     }
     async fn delete_group_offsets(&self, g: &str) -> Result<bool> {
         self.inner.delete_group_offsets(g).await
+    }
+    async fn allocate_producer_id(&self) -> Result<ProducerId> {
+        self.inner.allocate_producer_id().await
+    }
+    async fn bump_producer_epoch(&self, id: ProducerId, e: ProducerEpoch) -> Result<EpochBump> {
+        self.inner.bump_producer_epoch(id, e).await
+    }
+    async fn load_producer_states(&self, tp: &TopicPartition) -> Result<Vec<ProducerState>> {
+        self.inner.load_producer_states(tp).await
     }
     async fn ping(&self) -> Result<()> {
         self.inner.ping().await

@@ -24,10 +24,23 @@ pub fn error_code(e: &AgentError) -> ResponseError {
         AgentError::Storage(_) | AgentError::Metadata(_) | AgentError::FlushFailed { .. } => {
             ResponseError::KafkaStorageError
         }
+        AgentError::InvalidProducerEpoch { .. } => ResponseError::InvalidProducerEpoch,
+        AgentError::OutOfOrderSequence { .. } => ResponseError::OutOfOrderSequenceNumber,
+        AgentError::ProducerFenced { .. } => ResponseError::ProducerFenced,
+        AgentError::TransactionsUnsupported => ResponseError::TransactionalIdAuthorizationFailed,
         other => {
             warn!(error = %other, "unmapped error answered as UNKNOWN_SERVER_ERROR");
             ResponseError::UnknownServerError
         }
+    }
+}
+
+/// The Kafka error for a refused InitProducerId: PRODUCER_FENCED exists from v4 on; older
+/// clients hear INVALID_PRODUCER_EPOCH for it, as Kafka answers them.
+pub fn init_producer_id_error_code(e: &AgentError, version: i16) -> ResponseError {
+    match error_code(e) {
+        ResponseError::ProducerFenced if version < 4 => ResponseError::InvalidProducerEpoch,
+        code => code,
     }
 }
 

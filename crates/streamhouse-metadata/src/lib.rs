@@ -93,8 +93,8 @@ pub trait MetadataStore: Send + Sync + std::fmt::Debug {
     /// The commit of one flush, in ONE transaction: records the object, and for each
     /// partition checks that `holder` holds the lease at `epoch` and that the high watermark
     /// is `expected_high_watermark`, then records the index entry and advances the high
-    /// watermark to `entry.end_offset`. A partition that fails its checks is refused alone;
-    /// the result has one element per input, in order.
+    /// watermark to `entry.end_offset`, and stores its `producers` states. A partition that
+    /// fails its checks is refused alone; the result has one element per input, in order.
     async fn commit(
         &self,
         object: &ObjectRecord,
@@ -118,6 +118,20 @@ pub trait MetadataStore: Send + Sync + std::fmt::Debug {
         timestamp: i64,
     ) -> Result<Option<IndexEntry>>;
 
+    /// Replaces a topic's configs with `configs` (validated by the caller). Fails with
+    /// [`MetadataError::NotFound`] if there is no such topic.
+    async fn set_topic_configs(&self, name: &str, configs: &BTreeMap<String, String>)
+        -> Result<()>;
+
+    /// Grows a topic to `partitions` partitions (new ones start empty). Fails with
+    /// [`MetadataError::Invalid`] if that is not more than it has.
+    async fn add_partitions(&self, name: &str, partitions: i32) -> Result<()>;
+
+    /// Moves a partition's log start offset forward to `offset` (DeleteRecords): records
+    /// below it are no longer readable. Never moves it back; `offset` must not pass the high
+    /// watermark. Returns the new log start offset.
+    async fn advance_log_start(&self, tp: &TopicPartition, offset: Offset) -> Result<Offset>;
+
     /// Stores a consumer group's committed offsets (replacing earlier commits of the same
     /// partitions), all in one transaction.
     async fn commit_group_offsets(&self, group: &str, offsets: &[GroupOffset]) -> Result<()>;
@@ -130,6 +144,19 @@ pub trait MetadataStore: Send + Sync + std::fmt::Debug {
 
     /// Forgets a group's committed offsets; returns whether it had any.
     async fn delete_group_offsets(&self, group: &str) -> Result<bool>;
+
+    /// Hands out a new idempotent producer id (at epoch 0), unique across agents and
+    /// restarts: ids come from a counter in the store, advanced in one transaction.
+    async fn allocate_producer_id(&self) -> Result<ProducerId>;
+
+    /// Moves a producer id to the epoch after `epoch` (KIP-360). Accepted when `epoch` is at
+    /// or past the stored epoch, since idempotent producers may bump their epoch locally
+    /// without asking; an `epoch` below the stored one is [`EpochBump::Fenced`].
+    async fn bump_producer_epoch(&self, id: ProducerId, epoch: ProducerEpoch) -> Result<EpochBump>;
+
+    /// The committed state of every idempotent producer that appended to `tp` (written by
+    /// [`MetadataStore::commit`]), in producer id order.
+    async fn load_producer_states(&self, tp: &TopicPartition) -> Result<Vec<ProducerState>>;
 
     /// Whether the store answers (for readiness checks).
     async fn ping(&self) -> Result<()>;

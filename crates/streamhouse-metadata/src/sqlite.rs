@@ -536,6 +536,7 @@ impl MetadataStore for SqliteStore {
             .execute(&mut *tx)
             .await
             .map_err(MetadataError::db("advance high watermark"))?;
+            store_producer_states(&mut tx, tp, &commit.producers).await?;
             any_accepted = true;
             results.push(Ok(()));
         }
@@ -596,6 +597,131 @@ impl MetadataStore for SqliteStore {
         .await
         .map_err(MetadataError::db("find index entry by timestamp"))?;
         row.as_ref().map(|row| entry_from_row(tp, row)).transpose()
+    }
+
+    async fn set_topic_configs(
+        &self,
+        name: &str,
+        configs: &BTreeMap<String, String>,
+    ) -> Result<()> {
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(MetadataError::db("begin config change"))?;
+        let exists = sqlx::query("SELECT 1 FROM topics WHERE name = ?")
+            .bind(name)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(MetadataError::db("check topic"))?;
+        if exists.is_none() {
+            return Err(MetadataError::NotFound {
+                what: format!("topic {name:?}"),
+            });
+        }
+        sqlx::query("DELETE FROM topic_configs WHERE topic = ?")
+            .bind(name)
+            .execute(&mut *tx)
+            .await
+            .map_err(MetadataError::db("clear topic configs"))?;
+        for (key, value) in configs {
+            sqlx::query("INSERT INTO topic_configs (topic, name, value) VALUES (?, ?, ?)")
+                .bind(name)
+                .bind(key)
+                .bind(value)
+                .execute(&mut *tx)
+                .await
+                .map_err(MetadataError::db("insert topic config"))?;
+        }
+        tx.commit()
+            .await
+            .map_err(MetadataError::db("commit config change"))
+    }
+
+    async fn add_partitions(&self, name: &str, partitions: i32) -> Result<()> {
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(MetadataError::db("begin partition increase"))?;
+        let current: Option<i32> = sqlx::query("SELECT partitions FROM topics WHERE name = ?")
+            .bind(name)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(MetadataError::db("read partition count"))?
+            .map(|r| r.get(0));
+        let Some(current) = current else {
+            return Err(MetadataError::NotFound {
+                what: format!("topic {name:?}"),
+            });
+        };
+        if partitions <= current {
+            return Err(MetadataError::Invalid {
+                message: format!(
+                    "topic {name:?} has {current} partitions; the new count {partitions} must be larger"
+                ),
+            });
+        }
+        for p in current..partitions {
+            sqlx::query(
+                "INSERT INTO partitions (topic, partition_id, high_watermark, log_start_offset) \
+                 VALUES (?, ?, 0, 0)",
+            )
+            .bind(name)
+            .bind(p)
+            .execute(&mut *tx)
+            .await
+            .map_err(MetadataError::db("insert partition"))?;
+        }
+        sqlx::query("UPDATE topics SET partitions = ? WHERE name = ?")
+            .bind(partitions)
+            .bind(name)
+            .execute(&mut *tx)
+            .await
+            .map_err(MetadataError::db("update partition count"))?;
+        tx.commit()
+            .await
+            .map_err(MetadataError::db("commit partition increase"))
+    }
+
+    async fn advance_log_start(&self, tp: &TopicPartition, offset: Offset) -> Result<Offset> {
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(MetadataError::db("begin log start change"))?;
+        let row = sqlx::query(
+            "SELECT high_watermark, log_start_offset FROM partitions WHERE topic = ? AND partition_id = ?",
+        )
+        .bind(&tp.topic)
+        .bind(tp.partition.0)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(MetadataError::db("read partition"))?
+        .ok_or_else(|| MetadataError::NotFound {
+            what: format!("partition {tp}"),
+        })?;
+        let high_watermark: i64 = row.get(0);
+        let log_start: i64 = row.get(1);
+        if offset.0 > high_watermark || offset.0 < 0 {
+            return Err(MetadataError::Invalid {
+                message: format!("offset {offset} is outside [0, {high_watermark}] of {tp}"),
+            });
+        }
+        let new_start = log_start.max(offset.0);
+        sqlx::query(
+            "UPDATE partitions SET log_start_offset = ? WHERE topic = ? AND partition_id = ?",
+        )
+        .bind(new_start)
+        .bind(&tp.topic)
+        .bind(tp.partition.0)
+        .execute(&mut *tx)
+        .await
+        .map_err(MetadataError::db("advance log start"))?;
+        tx.commit()
+            .await
+            .map_err(MetadataError::db("commit log start change"))?;
+        Ok(Offset(new_start))
     }
 
     async fn commit_group_offsets(&self, group: &str, offsets: &[GroupOffset]) -> Result<()> {
@@ -668,6 +794,114 @@ impl MetadataStore for SqliteStore {
         Ok(deleted.rows_affected() > 0)
     }
 
+    async fn allocate_producer_id(&self) -> Result<ProducerId> {
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(MetadataError::db("begin producer id allocation"))?;
+        let row = sqlx::query(
+            "UPDATE producer_id_sequence SET next_producer_id = next_producer_id + 1 \
+             WHERE singleton = 0 RETURNING next_producer_id - 1 AS producer_id",
+        )
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(MetadataError::db("advance the producer id sequence"))?;
+        let id = ProducerId(row.get("producer_id"));
+        sqlx::query(&format!(
+            "INSERT INTO producers (producer_id, producer_epoch, created_at_ms, updated_at_ms) \
+             VALUES (?, 0, {NOW_MS}, {NOW_MS})"
+        ))
+        .bind(id.0)
+        .execute(&mut *tx)
+        .await
+        .map_err(MetadataError::db("record a producer id"))?;
+        tx.commit()
+            .await
+            .map_err(MetadataError::db("commit producer id allocation"))?;
+        Ok(id)
+    }
+
+    async fn bump_producer_epoch(&self, id: ProducerId, epoch: ProducerEpoch) -> Result<EpochBump> {
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(MetadataError::db("begin producer epoch bump"))?;
+        let row = sqlx::query("SELECT producer_epoch FROM producers WHERE producer_id = ?")
+            .bind(id.0)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(MetadataError::db("read producer epoch"))?;
+        let Some(row) = row else {
+            return Ok(EpochBump::Unknown);
+        };
+        let current = ProducerEpoch(row.get("producer_epoch"));
+        if epoch < current {
+            return Ok(EpochBump::Fenced { current });
+        }
+        // Kafka never hands out i16::MAX as an epoch; past it a producer needs a new id.
+        let Some(next) = epoch.0.checked_add(1).filter(|e| *e < i16::MAX) else {
+            return Ok(EpochBump::Exhausted);
+        };
+        sqlx::query(&format!(
+            "UPDATE producers SET producer_epoch = ?, updated_at_ms = {NOW_MS} WHERE producer_id = ?"
+        ))
+        .bind(next)
+        .bind(id.0)
+        .execute(&mut *tx)
+        .await
+        .map_err(MetadataError::db("bump producer epoch"))?;
+        tx.commit()
+            .await
+            .map_err(MetadataError::db("commit producer epoch bump"))?;
+        Ok(EpochBump::Bumped(ProducerEpoch(next)))
+    }
+
+    async fn load_producer_states(&self, tp: &TopicPartition) -> Result<Vec<ProducerState>> {
+        let states = sqlx::query(
+            "SELECT producer_id, producer_epoch, last_sequence FROM producer_states \
+             WHERE topic = ? AND partition_id = ? ORDER BY producer_id",
+        )
+        .bind(&tp.topic)
+        .bind(tp.partition.0)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(MetadataError::db("read producer states"))?;
+        let batches = sqlx::query(
+            "SELECT producer_id, base_offset, first_sequence, last_sequence FROM producer_batches \
+             WHERE topic = ? AND partition_id = ? ORDER BY producer_id, base_offset",
+        )
+        .bind(&tp.topic)
+        .bind(tp.partition.0)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(MetadataError::db("read producer batches"))?;
+        let mut by_producer: BTreeMap<i64, Vec<ProducerBatch>> = BTreeMap::new();
+        for row in &batches {
+            by_producer
+                .entry(row.get("producer_id"))
+                .or_default()
+                .push(ProducerBatch {
+                    first_sequence: row.get("first_sequence"),
+                    last_sequence: row.get("last_sequence"),
+                    base_offset: Offset(row.get("base_offset")),
+                });
+        }
+        Ok(states
+            .iter()
+            .map(|row| {
+                let id: i64 = row.get("producer_id");
+                ProducerState {
+                    producer_id: ProducerId(id),
+                    producer_epoch: ProducerEpoch(row.get("producer_epoch")),
+                    last_sequence: row.get("last_sequence"),
+                    batches: by_producer.remove(&id).unwrap_or_default(),
+                }
+            })
+            .collect())
+    }
+
     async fn ping(&self) -> Result<()> {
         sqlx::query("SELECT 1")
             .execute(&self.pool)
@@ -685,4 +919,65 @@ fn agent_from_row(row: &sqlx::sqlite::SqliteRow) -> AgentInfo {
         group: row.get("agent_group"),
         last_heartbeat_ms: row.get("last_heartbeat_ms"),
     }
+}
+
+/// Writes the new states of the producers that appended in one partition's share of a
+/// commit, inside the commit's transaction: the state row is replaced and the remembered
+/// batches with it.
+async fn store_producer_states(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    tp: &TopicPartition,
+    producers: &[ProducerState],
+) -> Result<()> {
+    for p in producers {
+        if p.batches.len() > PRODUCER_BATCHES_KEPT {
+            return Err(MetadataError::Invalid {
+                message: format!(
+                    "{} batches for producer {} of {tp}; at most {PRODUCER_BATCHES_KEPT} are kept",
+                    p.batches.len(),
+                    p.producer_id
+                ),
+            });
+        }
+        sqlx::query(&format!(
+            "INSERT INTO producer_states (topic, partition_id, producer_id, producer_epoch, \
+             last_sequence, updated_at_ms) VALUES (?, ?, ?, ?, ?, {NOW_MS}) \
+             ON CONFLICT (topic, partition_id, producer_id) DO UPDATE SET \
+             producer_epoch = excluded.producer_epoch, last_sequence = excluded.last_sequence, \
+             updated_at_ms = excluded.updated_at_ms"
+        ))
+        .bind(&tp.topic)
+        .bind(tp.partition.0)
+        .bind(p.producer_id.0)
+        .bind(p.producer_epoch.0)
+        .bind(p.last_sequence)
+        .execute(&mut **tx)
+        .await
+        .map_err(MetadataError::db("store producer state"))?;
+        sqlx::query(
+            "DELETE FROM producer_batches WHERE topic = ? AND partition_id = ? AND producer_id = ?",
+        )
+        .bind(&tp.topic)
+        .bind(tp.partition.0)
+        .bind(p.producer_id.0)
+        .execute(&mut **tx)
+        .await
+        .map_err(MetadataError::db("replace producer batches"))?;
+        for b in &p.batches {
+            sqlx::query(
+                "INSERT INTO producer_batches (topic, partition_id, producer_id, base_offset, \
+                 first_sequence, last_sequence) VALUES (?, ?, ?, ?, ?, ?)",
+            )
+            .bind(&tp.topic)
+            .bind(tp.partition.0)
+            .bind(p.producer_id.0)
+            .bind(b.base_offset.0)
+            .bind(b.first_sequence)
+            .bind(b.last_sequence)
+            .execute(&mut **tx)
+            .await
+            .map_err(MetadataError::db("store producer batch"))?;
+        }
+    }
+    Ok(())
 }

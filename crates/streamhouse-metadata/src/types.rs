@@ -151,6 +151,9 @@ pub struct PartitionCommit {
     /// The range appended; `entry.base_offset` must equal `expected_high_watermark`
     /// and `entry.end_offset` becomes the new high watermark.
     pub entry: IndexEntry,
+    /// The new state of every idempotent producer that appended in this range, stored in the
+    /// same transaction as the data so that a retry is recognized even after a restart.
+    pub producers: Vec<ProducerState>,
 }
 
 /// An object written by a flush.
@@ -195,4 +198,64 @@ pub struct GroupOffset {
     pub metadata: Option<String>,
     /// When the commit was made (store clock, ms since the Unix epoch); set by the store.
     pub commit_timestamp_ms: i64,
+}
+
+/// An idempotent producer's id, handed out by InitProducerId and never handed out again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct ProducerId(pub i64);
+
+impl fmt::Display for ProducerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// A producer id's epoch. A new epoch fences the batches of older incarnations of the same
+/// producer id and restarts its sequence numbers at 0.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct ProducerEpoch(pub i16);
+
+impl fmt::Display for ProducerEpoch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// How many of a producer's latest batches each partition remembers: Kafka's limit of 5
+/// in-flight requests per connection with idempotence, so every retry of an in-flight
+/// batch is still recognized.
+pub const PRODUCER_BATCHES_KEPT: usize = 5;
+
+/// One batch an idempotent producer appended, remembered to answer its retries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProducerBatch {
+    pub first_sequence: i32,
+    pub last_sequence: i32,
+    /// The offset the batch was appended at: what a retry is answered with.
+    pub base_offset: Offset,
+}
+
+/// What one partition knows about one idempotent producer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProducerState {
+    pub producer_id: ProducerId,
+    pub producer_epoch: ProducerEpoch,
+    /// The sequence number of the last record appended (at `producer_epoch`).
+    pub last_sequence: i32,
+    /// The latest batches of `producer_epoch`, oldest first, at most
+    /// [`PRODUCER_BATCHES_KEPT`].
+    pub batches: Vec<ProducerBatch>,
+}
+
+/// The outcome of bumping a producer id's epoch (InitProducerId with a known id, KIP-360).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EpochBump {
+    /// The id now has this epoch.
+    Bumped(ProducerEpoch),
+    /// The id has moved past the epoch the caller claims: the caller is a fenced incarnation.
+    Fenced { current: ProducerEpoch },
+    /// No such producer id was ever handed out.
+    Unknown,
+    /// The epoch cannot grow any more; the caller should get a new producer id.
+    Exhausted,
 }

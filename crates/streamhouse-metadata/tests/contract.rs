@@ -39,6 +39,7 @@ fn commit_for(
             byte_len: 10,
             max_timestamp: 1000 + end,
         },
+        producers: Vec::new(),
     }
 }
 
@@ -330,5 +331,237 @@ async fn group_offsets_are_stored_replaced_and_deleted() {
         assert!(store.delete_group_offsets("g").await.unwrap());
         assert!(!store.delete_group_offsets("g").await.unwrap());
         assert!(store.fetch_group_offsets("g").await.unwrap().is_empty());
+    }
+}
+
+#[tokio::test]
+async fn producer_ids_are_unique_and_epochs_only_grow() {
+    for (_dir, store) in backends().await {
+        let a = store.allocate_producer_id().await.unwrap();
+        let b = store.allocate_producer_id().await.unwrap();
+        assert_ne!(a, b);
+        assert!(a.0 >= 0 && b.0 >= 0);
+        assert_eq!(
+            store
+                .bump_producer_epoch(a, ProducerEpoch(0))
+                .await
+                .unwrap(),
+            EpochBump::Bumped(ProducerEpoch(1))
+        );
+        // An incarnation still at epoch 0 is fenced; one that bumped locally is accepted.
+        assert_eq!(
+            store
+                .bump_producer_epoch(a, ProducerEpoch(0))
+                .await
+                .unwrap(),
+            EpochBump::Fenced {
+                current: ProducerEpoch(1)
+            }
+        );
+        assert_eq!(
+            store
+                .bump_producer_epoch(a, ProducerEpoch(5))
+                .await
+                .unwrap(),
+            EpochBump::Bumped(ProducerEpoch(6))
+        );
+        assert_eq!(
+            store
+                .bump_producer_epoch(a, ProducerEpoch(i16::MAX - 1))
+                .await
+                .unwrap(),
+            EpochBump::Exhausted
+        );
+        assert_eq!(
+            store
+                .bump_producer_epoch(ProducerId(9_999), ProducerEpoch(0))
+                .await
+                .unwrap(),
+            EpochBump::Unknown
+        );
+        // b was untouched.
+        assert_eq!(
+            store
+                .bump_producer_epoch(b, ProducerEpoch(0))
+                .await
+                .unwrap(),
+            EpochBump::Bumped(ProducerEpoch(1))
+        );
+    }
+}
+
+#[tokio::test]
+async fn producer_ids_stay_unique_across_reopening() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = format!("sqlite://{}/metadata.db", dir.path().display());
+    let first = open(&url)
+        .await
+        .unwrap()
+        .allocate_producer_id()
+        .await
+        .unwrap();
+    let second = open(&url)
+        .await
+        .unwrap()
+        .allocate_producer_id()
+        .await
+        .unwrap();
+    assert!(second > first, "{second} after {first}");
+}
+
+#[tokio::test]
+async fn producer_states_commit_with_the_data_and_only_with_it() {
+    for (_dir, store) in backends().await {
+        store.create_topic("t", 2, &BTreeMap::new()).await.unwrap();
+        let holder = agent("a");
+        let tp = TopicPartition::new("t", 0);
+        let tp1 = TopicPartition::new("t", 1);
+        let e0 = store
+            .acquire_lease(&tp, &holder, Duration::from_secs(60))
+            .await
+            .unwrap()
+            .unwrap()
+            .epoch;
+        let e1 = store
+            .acquire_lease(&tp1, &holder, Duration::from_secs(60))
+            .await
+            .unwrap()
+            .unwrap()
+            .epoch;
+        let state = |id: i64, last: i32, batches: &[(i32, i32, i64)]| ProducerState {
+            producer_id: ProducerId(id),
+            producer_epoch: ProducerEpoch(2),
+            last_sequence: last,
+            batches: batches
+                .iter()
+                .map(|(first, last, base)| ProducerBatch {
+                    first_sequence: *first,
+                    last_sequence: *last,
+                    base_offset: Offset(*base),
+                })
+                .collect(),
+        };
+        let mut c = commit_for(&holder, e0, &tp, 0, 3, "o1");
+        c.producers = vec![state(7, 2, &[(0, 2, 0)])];
+        let res = store.commit(&object("o1", &holder), &[c]).await.unwrap();
+        assert!(res[0].is_ok());
+        assert_eq!(
+            store.load_producer_states(&tp).await.unwrap(),
+            vec![state(7, 2, &[(0, 2, 0)])]
+        );
+        assert!(store.load_producer_states(&tp1).await.unwrap().is_empty());
+
+        // A refused partition stores nothing of its producers; the accepted one replaces
+        // the producer's row and its batches.
+        let mut refused = commit_for(&holder, e1, &tp1, 5, 6, "o2");
+        refused.producers = vec![state(7, 0, &[(0, 0, 5)])];
+        let mut accepted = commit_for(&holder, e0, &tp, 3, 5, "o2");
+        accepted.producers = vec![
+            state(7, 4, &[(0, 2, 0), (3, 4, 3)]),
+            state(8, 0, &[(0, 0, 4)]),
+        ];
+        let res = store
+            .commit(&object("o2", &holder), &[refused, accepted])
+            .await
+            .unwrap();
+        assert!(res[0].is_err());
+        assert!(res[1].is_ok());
+        assert_eq!(
+            store.load_producer_states(&tp).await.unwrap(),
+            vec![
+                state(7, 4, &[(0, 2, 0), (3, 4, 3)]),
+                state(8, 0, &[(0, 0, 4)])
+            ]
+        );
+        assert!(store.load_producer_states(&tp1).await.unwrap().is_empty());
+
+        // More batches than are kept is refused.
+        let mut too_many = commit_for(&holder, e0, &tp, 5, 6, "o3");
+        too_many.producers = vec![state(
+            9,
+            5,
+            &[
+                (0, 0, 0),
+                (1, 1, 1),
+                (2, 2, 2),
+                (3, 3, 3),
+                (4, 4, 4),
+                (5, 5, 5),
+            ],
+        )];
+        assert!(store
+            .commit(&object("o3", &holder), &[too_many])
+            .await
+            .is_err());
+        assert_eq!(
+            store
+                .get_partition(&tp)
+                .await
+                .unwrap()
+                .unwrap()
+                .high_watermark,
+            Offset(5)
+        );
+
+        // Deleting the topic forgets its producers.
+        store.delete_topic("t").await.unwrap();
+        store.create_topic("t", 1, &BTreeMap::new()).await.unwrap();
+        assert!(store.load_producer_states(&tp).await.unwrap().is_empty());
+    }
+}
+
+#[tokio::test]
+async fn topics_can_be_reconfigured_grown_and_trimmed() {
+    for (_dir, store) in backends().await {
+        store.create_topic("t", 1, &BTreeMap::new()).await.unwrap();
+        let mut configs = BTreeMap::new();
+        configs.insert("retention.ms".to_string(), "1000".to_string());
+        store.set_topic_configs("t", &configs).await.unwrap();
+        assert_eq!(
+            store.get_topic("t").await.unwrap().unwrap().configs,
+            configs
+        );
+        assert!(matches!(
+            store.set_topic_configs("none", &configs).await,
+            Err(MetadataError::NotFound { .. })
+        ));
+
+        store.add_partitions("t", 3).await.unwrap();
+        assert_eq!(store.get_topic("t").await.unwrap().unwrap().partitions, 3);
+        assert_eq!(store.list_partitions("t").await.unwrap().len(), 3);
+        assert!(matches!(
+            store.add_partitions("t", 3).await,
+            Err(MetadataError::Invalid { .. })
+        ));
+
+        let tp = TopicPartition::new("t", 0);
+        let a = agent("a");
+        let lease = store
+            .acquire_lease(&tp, &a, Duration::from_secs(30))
+            .await
+            .unwrap()
+            .unwrap();
+        store
+            .commit(
+                &object("o", &a),
+                &[commit_for(&a, lease.epoch, &tp, 0, 10, "o")],
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            store.advance_log_start(&tp, Offset(4)).await.unwrap(),
+            Offset(4)
+        );
+        // Never backwards, never past the high watermark.
+        assert_eq!(
+            store.advance_log_start(&tp, Offset(2)).await.unwrap(),
+            Offset(4)
+        );
+        assert!(store.advance_log_start(&tp, Offset(11)).await.is_err());
+        let p = store.get_partition(&tp).await.unwrap().unwrap();
+        assert_eq!(
+            (p.log_start_offset, p.high_watermark),
+            (Offset(4), Offset(10))
+        );
     }
 }

@@ -3,7 +3,8 @@
 //! - [`ServerProcess`]: a `streamhouse serve` child process on a random loopback port, which
 //!   can be stopped gracefully (SIGTERM) or killed (SIGKILL) and restarted on its data dir.
 //! - [`kcat`]: runs Debian's kcat, failing clearly when it is missing.
-//! - [`record_batch`]: builds RecordBatch v2 bytes for raw protocol tests.
+//! - [`record_batch`]: builds RecordBatch v2 bytes for raw protocol tests;
+//!   [`idempotent_record_batch`] as an idempotent producer sends them.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
@@ -227,6 +228,51 @@ pub fn compressed_record_batch(
         &RecordEncodeOptions {
             version: 2,
             compression,
+        },
+    )
+    .expect("encode record batch");
+    buf.freeze()
+}
+
+/// A RecordBatch v2 (uncompressed) from an idempotent producer: record `i` has sequence
+/// `base_sequence + i` and timestamp `timestamp + i`.
+pub fn idempotent_record_batch(
+    records: &[(Option<&[u8]>, &[u8])],
+    timestamp: i64,
+    producer_id: i64,
+    producer_epoch: i16,
+    base_sequence: i32,
+) -> Bytes {
+    let records: Vec<Record> = records
+        .iter()
+        .enumerate()
+        .map(|(i, (key, value))| {
+            let i = i32::try_from(i).expect("batch size");
+            Record {
+                transactional: false,
+                control: false,
+                delete_horizon: false,
+                partition_leader_epoch: -1,
+                producer_id,
+                producer_epoch,
+                timestamp_type: TimestampType::Creation,
+                offset: i64::from(i),
+                // The encoder keeps records in one batch while offset - sequence is constant.
+                sequence: base_sequence.wrapping_add(i),
+                timestamp: timestamp + i64::from(i),
+                key: key.map(Bytes::copy_from_slice),
+                value: Some(Bytes::copy_from_slice(value)),
+                headers: Default::default(),
+            }
+        })
+        .collect();
+    let mut buf = BytesMut::new();
+    RecordBatchEncoder::encode(
+        &mut buf,
+        records.iter(),
+        &RecordEncodeOptions {
+            version: 2,
+            compression: Compression::None,
         },
     )
     .expect("encode record batch");

@@ -1,15 +1,23 @@
-//! CreateTopics and DeleteTopics.
+//! Topic administration: CreateTopics, DeleteTopics, CreatePartitions, DeleteRecords, and
+//! DescribeCluster.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::create_partitions_response::CreatePartitionsTopicResult;
 use kafka_protocol::messages::create_topics_response::{
     CreatableTopicConfigs, CreatableTopicResult,
 };
+use kafka_protocol::messages::delete_records_response::{
+    DeleteRecordsPartitionResult, DeleteRecordsTopicResult,
+};
 use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
+use kafka_protocol::messages::describe_cluster_response::DescribeClusterBroker;
 use kafka_protocol::messages::{
-    CreateTopicsRequest, CreateTopicsResponse, DeleteTopicsRequest, DeleteTopicsResponse, TopicName,
+    BrokerId, CreatePartitionsRequest, CreatePartitionsResponse, CreateTopicsRequest,
+    CreateTopicsResponse, DeleteRecordsRequest, DeleteRecordsResponse, DeleteTopicsRequest,
+    DeleteTopicsResponse, DescribeClusterResponse, TopicName,
 };
 use streamhouse_agent::{Agent, AgentError};
 use streamhouse_metadata::{validate_topic_name, TopicConfig};
@@ -153,4 +161,100 @@ pub(crate) async fn delete_topics(
         });
     }
     DeleteTopicsResponse::default().with_responses(results)
+}
+
+pub(crate) async fn create_partitions(
+    agent: &Arc<Agent>,
+    request: CreatePartitionsRequest,
+) -> CreatePartitionsResponse {
+    let mut results = Vec::with_capacity(request.topics.len());
+    for topic in request.topics {
+        let name = topic.name.0.as_str().to_string();
+        let outcome = if request.validate_only {
+            match agent.metadata().get_topic(&name).await {
+                Ok(Some(t)) if topic.count > t.partitions => Ok(()),
+                Ok(Some(t)) => Err((
+                    ResponseError::InvalidPartitions,
+                    format!(
+                        "topic has {} partitions; {} is not more",
+                        t.partitions, topic.count
+                    ),
+                )),
+                Ok(None) => Err((
+                    ResponseError::UnknownTopicOrPartition,
+                    format!("unknown topic {name:?}"),
+                )),
+                Err(e) => {
+                    let e = AgentError::Metadata(e);
+                    Err((error_code(&e), message(&e)))
+                }
+            }
+        } else {
+            agent
+                .create_partitions(&name, topic.count)
+                .await
+                .map_err(|e| (error_code(&e), message(&e)))
+        };
+        let result = CreatePartitionsTopicResult::default().with_name(topic.name.clone());
+        results.push(match outcome {
+            Ok(()) => result,
+            Err((code, msg)) => result
+                .with_error_code(code.code())
+                .with_error_message(Some(str_bytes(msg))),
+        });
+    }
+    CreatePartitionsResponse::default().with_results(results)
+}
+
+pub(crate) async fn delete_records(
+    agent: &Arc<Agent>,
+    request: DeleteRecordsRequest,
+) -> DeleteRecordsResponse {
+    let mut topics = Vec::with_capacity(request.topics.len());
+    for topic in request.topics {
+        let mut partitions = Vec::with_capacity(topic.partitions.len());
+        for p in &topic.partitions {
+            let tp =
+                streamhouse_metadata::TopicPartition::new(topic.name.0.as_str(), p.partition_index);
+            let result =
+                DeleteRecordsPartitionResult::default().with_partition_index(p.partition_index);
+            partitions.push(match agent.delete_records(&tp, p.offset).await {
+                Ok(low) => result.with_low_watermark(low.0),
+                Err(e) => result
+                    .with_low_watermark(-1)
+                    .with_error_code(error_code(&e).code()),
+            });
+        }
+        topics.push(
+            DeleteRecordsTopicResult::default()
+                .with_name(topic.name.clone())
+                .with_partitions(partitions),
+        );
+    }
+    DeleteRecordsResponse::default().with_topics(topics)
+}
+
+pub(crate) async fn describe_cluster(agent: &Arc<Agent>) -> DescribeClusterResponse {
+    let me = agent.info();
+    let mut agents = agent.metadata().list_agents().await.unwrap_or_default();
+    if !agents.iter().any(|a| a.node_id == me.node_id) {
+        agents.push(me.clone());
+    }
+    let brokers = agents
+        .iter()
+        // Only this agent and agents that lead partitions are live brokers for now; a
+        // multi-agent version will use heartbeats.
+        .filter(|a| a.node_id == me.node_id)
+        .map(|a| {
+            let (host, port) = crate::handlers::metadata::split_addr(&a.advertised_addr);
+            DescribeClusterBroker::default()
+                .with_broker_id(BrokerId(a.node_id))
+                .with_host(str_bytes(host))
+                .with_port(port)
+        })
+        .collect();
+    DescribeClusterResponse::default()
+        .with_cluster_id(str_bytes(crate::handlers::metadata::CLUSTER_ID))
+        .with_controller_id(BrokerId(me.node_id))
+        .with_brokers(brokers)
 }

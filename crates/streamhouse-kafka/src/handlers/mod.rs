@@ -6,8 +6,10 @@
 
 mod admin;
 mod api_versions;
+mod configs;
 mod fetch;
 mod groups;
+mod init_producer_id;
 mod list_offsets;
 pub(crate) mod metadata;
 mod produce;
@@ -163,6 +165,27 @@ impl Handler {
             }
             RequestKind::DeleteGroups(req) => {
                 ResponseKind::DeleteGroups(groups::delete_groups(coordinator, req).await)
+            }
+            RequestKind::DescribeConfigs(req) => {
+                ResponseKind::DescribeConfigs(configs::describe_configs(agent, req, version).await)
+            }
+            RequestKind::AlterConfigs(req) => {
+                ResponseKind::AlterConfigs(configs::alter_configs(agent, req).await)
+            }
+            RequestKind::IncrementalAlterConfigs(req) => ResponseKind::IncrementalAlterConfigs(
+                configs::incremental_alter_configs(agent, req).await,
+            ),
+            RequestKind::CreatePartitions(req) => {
+                ResponseKind::CreatePartitions(admin::create_partitions(agent, req).await)
+            }
+            RequestKind::DeleteRecords(req) => {
+                ResponseKind::DeleteRecords(admin::delete_records(agent, req).await)
+            }
+            RequestKind::DescribeCluster(_) => {
+                ResponseKind::DescribeCluster(admin::describe_cluster(agent).await)
+            }
+            RequestKind::InitProducerId(req) => {
+                ResponseKind::InitProducerId(init_producer_id::handle(agent, req, version).await)
             }
             RequestKind::DeleteTopics(req) => {
                 ResponseKind::DeleteTopics(admin::delete_topics(agent, req, version).await)
