@@ -44,6 +44,10 @@ pub enum AgentError {
     Storage(#[source] StorageError),
     #[error("metadata store unavailable")]
     Metadata(#[source] MetadataError),
+    #[error("the client's leader epoch for {tp} is older than this leader's")]
+    FencedLeaderEpoch { tp: TopicPartition },
+    #[error("the client's leader epoch for {tp} is newer than this leader's")]
+    UnknownLeaderEpoch { tp: TopicPartition },
     #[error("the agent is shutting down")]
     ShuttingDown,
     /// The flush carrying the batch failed (object write or metadata commit); nothing of it

@@ -1,7 +1,7 @@
-//! Reads of committed data: fetches and ListOffsets.
+//! Reads of committed data: fetches, ListOffsets and OffsetForLeaderEpoch.
 
 use bytes::Bytes;
-use streamhouse_metadata::{Offset, TopicPartition};
+use streamhouse_metadata::{LeaseEpoch, Offset, TopicPartition};
 use streamhouse_storage::batch;
 
 use crate::agent::{Agent, OffsetSpec, ReadResult};
@@ -110,6 +110,48 @@ impl Agent {
             )));
         }
         Ok((Offset(-1), -1))
+    }
+}
+
+impl Agent {
+    /// OffsetForLeaderEpoch: the largest epoch at or below `epoch` that wrote to `tp`, and
+    /// where it ended. `current_leader_epoch` (-1: unchecked) must be this agent's epoch.
+    /// `None` answers "undefined" (no data carries a known epoch).
+    pub async fn offset_for_leader_epoch(
+        &self,
+        tp: &TopicPartition,
+        current_leader_epoch: i32,
+        epoch: i32,
+    ) -> Result<Option<(i32, Offset)>, AgentError> {
+        let mine = self.leader_epoch(tp);
+        if current_leader_epoch >= 0 {
+            match mine {
+                None => return Err(AgentError::NotLeader { tp: tp.clone() }),
+                Some(m) if i64::from(current_leader_epoch) < m => {
+                    return Err(AgentError::FencedLeaderEpoch { tp: tp.clone() })
+                }
+                Some(m) if i64::from(current_leader_epoch) > m => {
+                    return Err(AgentError::UnknownLeaderEpoch { tp: tp.clone() })
+                }
+                Some(_) => {}
+            }
+        }
+        // The current epoch ends at the high watermark, whether or not it wrote yet.
+        if let Some(m) = mine.filter(|m| *m <= i64::from(epoch)) {
+            let (high_watermark, _) = self.partition_offsets(tp).await?;
+            return Ok(Some((i32::try_from(m).unwrap_or(i32::MAX), high_watermark)));
+        }
+        let found = self
+            .metadata
+            .epoch_end_offset(tp, LeaseEpoch(i64::from(epoch)))
+            .await
+            .map_err(|e| match e {
+                streamhouse_metadata::MetadataError::NotFound { .. } => {
+                    AgentError::UnknownTopicOrPartition { tp: tp.clone() }
+                }
+                e => AgentError::Metadata(e),
+            })?;
+        Ok(found.map(|(e, offset)| (i32::try_from(e.0).unwrap_or(i32::MAX), offset)))
     }
 }
 

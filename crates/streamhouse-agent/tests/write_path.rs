@@ -127,6 +127,13 @@ impl MetadataStore for Faulty {
     async fn advance_log_start(&self, tp: &TopicPartition, o: Offset) -> Result<Offset> {
         self.inner.advance_log_start(tp, o).await
     }
+    async fn epoch_end_offset(
+        &self,
+        tp: &TopicPartition,
+        e: LeaseEpoch,
+    ) -> Result<Option<(LeaseEpoch, Offset)>> {
+        self.inner.epoch_end_offset(tp, e).await
+    }
     async fn commit_group_offsets(&self, g: &str, o: &[GroupOffset]) -> Result<()> {
         self.inner.commit_group_offsets(g, o).await
     }

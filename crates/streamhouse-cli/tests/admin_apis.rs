@@ -220,3 +220,79 @@ async fn configs_partitions_and_delete_records() {
         addr
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offset_for_leader_epoch_reports_where_each_lease_epoch_ended() {
+    use kafka_protocol::messages::offset_for_leader_epoch_request::{
+        OffsetForLeaderPartition, OffsetForLeaderTopic,
+    };
+    use kafka_protocol::messages::OffsetForLeaderEpochRequest;
+
+    let dir = temp_dir();
+    let mut server = ServerProcess::start(Path::new(BIN), dir.path(), &[]);
+    Admin::connect(&server.kafka_addr)
+        .await
+        .unwrap()
+        .create_topic("t", 1, &[])
+        .await
+        .unwrap();
+    let produce = |addr: String, n: usize| async move {
+        let producer = Producer::new(&addr, ProducerConfig::default())
+            .await
+            .unwrap();
+        for i in 0..n {
+            producer
+                .send_and_wait(
+                    ProducerRecord::new("t", Bytes::from(format!("v{i}"))).with_partition(0),
+                )
+                .await
+                .unwrap();
+        }
+    };
+    let ask = |addr: String, current: i32, epoch: i32| async move {
+        let conn = Connection::connect(&addr).await.unwrap();
+        let response = conn
+            .send(
+                OffsetForLeaderEpochRequest::default()
+                    .with_replica_id((-1).into())
+                    .with_topics(vec![OffsetForLeaderTopic::default()
+                        .with_topic(TopicName(s("t")))
+                        .with_partitions(vec![OffsetForLeaderPartition::default()
+                            .with_partition(0)
+                            .with_current_leader_epoch(current)
+                            .with_leader_epoch(epoch)])]),
+            )
+            .await
+            .unwrap();
+        let p = &response.topics[0].partitions[0];
+        (p.error_code, p.leader_epoch, p.end_offset)
+    };
+    // First incarnation leads at epoch 1 and writes 0..3.
+    produce(server.kafka_addr.clone(), 3).await;
+    assert_eq!(ask(server.kafka_addr.clone(), 1, 1).await, (0, 1, 3));
+    assert_eq!(
+        ask(server.kafka_addr.clone(), 0, 1).await.0,
+        74,
+        "FENCED_LEADER_EPOCH"
+    );
+    assert_eq!(
+        ask(server.kafka_addr.clone(), 9, 1).await.0,
+        75,
+        "UNKNOWN_LEADER_EPOCH"
+    );
+    // A restart acquires the lease again at epoch 2, which writes 3..5.
+    server.kill9();
+    server.restart();
+    produce(server.kafka_addr.clone(), 2).await;
+    assert_eq!(
+        ask(server.kafka_addr.clone(), -1, 1).await,
+        (0, 1, 3),
+        "epoch 1 ended at 3"
+    );
+    assert_eq!(ask(server.kafka_addr.clone(), -1, 2).await, (0, 2, 5));
+    assert_eq!(
+        ask(server.kafka_addr.clone(), -1, 7).await,
+        (0, 2, 5),
+        "later epochs: the current one"
+    );
+}

@@ -15,6 +15,8 @@ pub fn error_code(e: &AgentError) -> ResponseError {
             ResponseError::NotLeaderOrFollower
         }
         AgentError::MessageTooLarge { .. } => ResponseError::MessageTooLarge,
+        AgentError::FencedLeaderEpoch { .. } => ResponseError::FencedLeaderEpoch,
+        AgentError::UnknownLeaderEpoch { .. } => ResponseError::UnknownLeaderEpoch,
         AgentError::Corrupt { .. } => ResponseError::CorruptMessage,
         AgentError::OffsetOutOfRange { .. } => ResponseError::OffsetOutOfRange,
         AgentError::InvalidTopic { .. } => ResponseError::InvalidTopicException,

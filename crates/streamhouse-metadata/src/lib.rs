@@ -132,6 +132,16 @@ pub trait MetadataStore: Send + Sync + std::fmt::Debug {
     /// watermark. Returns the new log start offset.
     async fn advance_log_start(&self, tp: &TopicPartition, offset: Offset) -> Result<Offset>;
 
+    /// OffsetForLeaderEpoch: the largest lease epoch at or below `epoch` that committed data
+    /// to `tp`, and that epoch's end offset (where the next epoch's data starts, or the high
+    /// watermark). When only later epochs wrote, `epoch` itself and the first later offset.
+    /// `None` when no committed data carries a known epoch.
+    async fn epoch_end_offset(
+        &self,
+        tp: &TopicPartition,
+        epoch: LeaseEpoch,
+    ) -> Result<Option<(LeaseEpoch, Offset)>>;
+
     /// Stores a consumer group's committed offsets (replacing earlier commits of the same
     /// partitions), all in one transaction.
     async fn commit_group_offsets(&self, group: &str, offsets: &[GroupOffset]) -> Result<()>;

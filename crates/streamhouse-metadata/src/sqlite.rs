@@ -48,6 +48,18 @@ impl SqliteStore {
         Ok(SqliteStore { pool })
     }
 
+    /// Starts a write transaction. `BEGIN IMMEDIATE` takes SQLite's write lock at once, so a
+    /// transaction that reads before it writes cannot fail on upgrading its lock.
+    async fn write_tx(
+        &self,
+        context: &'static str,
+    ) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>> {
+        self.pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(MetadataError::db(context))
+    }
+
     async fn topic_configs(&self, name: &str) -> Result<BTreeMap<String, String>> {
         let rows = sqlx::query("SELECT name, value FROM topic_configs WHERE topic = ?")
             .bind(name)
@@ -76,6 +88,34 @@ impl SqliteStore {
             created_at_ms: row.get("created_at_ms"),
         })
     }
+}
+
+/// Whether a topic exists, inside a transaction.
+async fn topic_exists(tx: &mut sqlx::SqliteConnection, name: &str) -> Result<bool> {
+    let row = sqlx::query("SELECT 1 FROM topics WHERE name = ?")
+        .bind(name)
+        .fetch_optional(tx)
+        .await
+        .map_err(MetadataError::db("check topic"))?;
+    Ok(row.is_some())
+}
+
+/// Inserts a topic's configs, inside a transaction.
+async fn insert_topic_configs(
+    tx: &mut sqlx::SqliteConnection,
+    name: &str,
+    configs: &BTreeMap<String, String>,
+) -> Result<()> {
+    for (key, value) in configs {
+        sqlx::query("INSERT INTO topic_configs (topic, name, value) VALUES (?, ?, ?)")
+            .bind(name)
+            .bind(key)
+            .bind(value)
+            .execute(&mut *tx)
+            .await
+            .map_err(MetadataError::db("insert topic config"))?;
+    }
+    Ok(())
 }
 
 fn partition_from_row(row: &sqlx::sqlite::SqliteRow) -> PartitionState {
@@ -156,17 +196,8 @@ impl MetadataStore for SqliteStore {
                 message: format!("a topic needs at least one partition, not {partitions}"),
             });
         }
-        let mut tx = self
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(MetadataError::db("begin create topic"))?;
-        let exists = sqlx::query("SELECT 1 FROM topics WHERE name = ?")
-            .bind(name)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(MetadataError::db("check topic"))?;
-        if exists.is_some() {
+        let mut tx = self.write_tx("begin create topic").await?;
+        if topic_exists(&mut tx, name).await? {
             return Err(MetadataError::AlreadyExists {
                 what: format!("topic {name:?}"),
             });
@@ -182,15 +213,7 @@ impl MetadataStore for SqliteStore {
         .fetch_one(&mut *tx)
         .await
         .map_err(MetadataError::db("insert topic"))?;
-        for (key, value) in configs {
-            sqlx::query("INSERT INTO topic_configs (topic, name, value) VALUES (?, ?, ?)")
-                .bind(name)
-                .bind(key)
-                .bind(value)
-                .execute(&mut *tx)
-                .await
-                .map_err(MetadataError::db("insert topic config"))?;
-        }
+        insert_topic_configs(&mut tx, name, configs).await?;
         for p in 0..partitions {
             sqlx::query(
                 "INSERT INTO partitions (topic, partition_id, high_watermark, log_start_offset) \
@@ -210,11 +233,7 @@ impl MetadataStore for SqliteStore {
     }
 
     async fn delete_topic(&self, name: &str) -> Result<()> {
-        let mut tx = self
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(MetadataError::db("begin delete topic"))?;
+        let mut tx = self.write_tx("begin delete topic").await?;
         // Index entries, partitions and configs go by cascade. Lease rows stay (holder
         // cleared) so that a topic created again under the same name continues the epochs.
         let deleted = sqlx::query("DELETE FROM topics WHERE name = ?")
@@ -304,11 +323,7 @@ impl MetadataStore for SqliteStore {
     }
 
     async fn register_agent(&self, agent: &AgentRegistration) -> Result<AgentInfo> {
-        let mut tx = self
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(MetadataError::db("begin register agent"))?;
+        let mut tx = self.write_tx("begin register agent").await?;
         sqlx::query(&format!(
             "INSERT INTO agents (agent_id, node_id, advertised_addr, agent_group, last_heartbeat_ms) \
              VALUES (?, (SELECT COALESCE(MAX(node_id), -1) + 1 FROM agents), ?, ?, {NOW_MS}) \
@@ -366,11 +381,7 @@ impl MetadataStore for SqliteStore {
         holder: &AgentId,
         ttl: Duration,
     ) -> Result<Option<Lease>> {
-        let mut tx = self
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(MetadataError::db("begin acquire lease"))?;
+        let mut tx = self.write_tx("begin acquire lease").await?;
         let exists = sqlx::query("SELECT 1 FROM partitions WHERE topic = ? AND partition_id = ?")
             .bind(&tp.topic)
             .bind(tp.partition.0)
@@ -453,11 +464,7 @@ impl MetadataStore for SqliteStore {
         object: &ObjectRecord,
         partitions: &[PartitionCommit],
     ) -> Result<Vec<std::result::Result<(), CommitRejection>>> {
-        let mut tx = self
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(MetadataError::db("begin commit"))?;
+        let mut tx = self.write_tx("begin commit").await?;
         let mut results = Vec::with_capacity(partitions.len());
         let mut any_accepted = false;
         for commit in partitions {
@@ -514,7 +521,7 @@ impl MetadataStore for SqliteStore {
             }
             sqlx::query(
                 "INSERT INTO index_entries (topic, partition_id, base_offset, end_offset, object_key, \
-                 byte_start, byte_len, max_timestamp) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                 byte_start, byte_len, max_timestamp, leader_epoch) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             )
             .bind(&tp.topic)
             .bind(tp.partition.0)
@@ -524,6 +531,7 @@ impl MetadataStore for SqliteStore {
             .bind(to_i64(entry.byte_start)?)
             .bind(to_i64(entry.byte_len)?)
             .bind(entry.max_timestamp)
+            .bind(commit.epoch.0)
             .execute(&mut *tx)
             .await
             .map_err(MetadataError::db("insert index entry"))?;
@@ -604,17 +612,8 @@ impl MetadataStore for SqliteStore {
         name: &str,
         configs: &BTreeMap<String, String>,
     ) -> Result<()> {
-        let mut tx = self
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(MetadataError::db("begin config change"))?;
-        let exists = sqlx::query("SELECT 1 FROM topics WHERE name = ?")
-            .bind(name)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(MetadataError::db("check topic"))?;
-        if exists.is_none() {
+        let mut tx = self.write_tx("begin config change").await?;
+        if !topic_exists(&mut tx, name).await? {
             return Err(MetadataError::NotFound {
                 what: format!("topic {name:?}"),
             });
@@ -624,26 +623,14 @@ impl MetadataStore for SqliteStore {
             .execute(&mut *tx)
             .await
             .map_err(MetadataError::db("clear topic configs"))?;
-        for (key, value) in configs {
-            sqlx::query("INSERT INTO topic_configs (topic, name, value) VALUES (?, ?, ?)")
-                .bind(name)
-                .bind(key)
-                .bind(value)
-                .execute(&mut *tx)
-                .await
-                .map_err(MetadataError::db("insert topic config"))?;
-        }
+        insert_topic_configs(&mut tx, name, configs).await?;
         tx.commit()
             .await
             .map_err(MetadataError::db("commit config change"))
     }
 
     async fn add_partitions(&self, name: &str, partitions: i32) -> Result<()> {
-        let mut tx = self
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(MetadataError::db("begin partition increase"))?;
+        let mut tx = self.write_tx("begin partition increase").await?;
         let current: Option<i32> = sqlx::query("SELECT partitions FROM topics WHERE name = ?")
             .bind(name)
             .fetch_optional(&mut *tx)
@@ -685,11 +672,7 @@ impl MetadataStore for SqliteStore {
     }
 
     async fn advance_log_start(&self, tp: &TopicPartition, offset: Offset) -> Result<Offset> {
-        let mut tx = self
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(MetadataError::db("begin log start change"))?;
+        let mut tx = self.write_tx("begin log start change").await?;
         let row = sqlx::query(
             "SELECT high_watermark, log_start_offset FROM partitions WHERE topic = ? AND partition_id = ?",
         )
@@ -724,12 +707,51 @@ impl MetadataStore for SqliteStore {
         Ok(Offset(new_start))
     }
 
+    async fn epoch_end_offset(
+        &self,
+        tp: &TopicPartition,
+        epoch: LeaseEpoch,
+    ) -> Result<Option<(LeaseEpoch, Offset)>> {
+        let row = sqlx::query(
+            "SELECT (SELECT MAX(leader_epoch) FROM index_entries \
+                     WHERE topic = p.topic AND partition_id = p.partition_id AND leader_epoch <= ?1) AS at_or_below, \
+                    (SELECT MIN(base_offset) FROM index_entries \
+                     WHERE topic = p.topic AND partition_id = p.partition_id AND leader_epoch > ?1) AS next_start, \
+                    (SELECT MIN(leader_epoch) FROM index_entries \
+                     WHERE topic = p.topic AND partition_id = p.partition_id AND leader_epoch > ?1) AS next_epoch, \
+                    p.high_watermark, p.log_start_offset \
+             FROM partitions p WHERE p.topic = ?2 AND p.partition_id = ?3",
+        )
+        .bind(epoch.0)
+        .bind(&tp.topic)
+        .bind(tp.partition.0)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(MetadataError::db("find the end offset of an epoch"))?;
+        let Some(row) = row else {
+            return Err(MetadataError::NotFound {
+                what: format!("partition {tp}"),
+            });
+        };
+        let at_or_below: Option<i64> = row.get("at_or_below");
+        let next_start: Option<i64> = row.get("next_start");
+        let next_epoch: Option<i64> = row.get("next_epoch");
+        let high_watermark: i64 = row.get("high_watermark");
+        Ok(match (at_or_below, next_start) {
+            // Data at or below the epoch: its end is where the next epoch starts, or the
+            // high watermark if no later epoch has written.
+            (Some(e), next) if e >= 0 => {
+                Some((LeaseEpoch(e), Offset(next.unwrap_or(high_watermark))))
+            }
+            // Only later epochs wrote: the requested epoch ends where the first of them
+            // starts (Kafka answers with the requested epoch in this case).
+            (_, Some(start)) if next_epoch.is_some_and(|n| n >= 0) => Some((epoch, Offset(start))),
+            _ => None,
+        })
+    }
+
     async fn commit_group_offsets(&self, group: &str, offsets: &[GroupOffset]) -> Result<()> {
-        let mut tx = self
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(MetadataError::db("begin offset commit"))?;
+        let mut tx = self.write_tx("begin offset commit").await?;
         for o in offsets {
             sqlx::query(&format!(
                 "INSERT INTO group_offsets (group_id, topic, partition_id, committed_offset, \
@@ -795,11 +817,7 @@ impl MetadataStore for SqliteStore {
     }
 
     async fn allocate_producer_id(&self) -> Result<ProducerId> {
-        let mut tx = self
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(MetadataError::db("begin producer id allocation"))?;
+        let mut tx = self.write_tx("begin producer id allocation").await?;
         let row = sqlx::query(
             "UPDATE producer_id_sequence SET next_producer_id = next_producer_id + 1 \
              WHERE singleton = 0 RETURNING next_producer_id - 1 AS producer_id",
@@ -823,11 +841,7 @@ impl MetadataStore for SqliteStore {
     }
 
     async fn bump_producer_epoch(&self, id: ProducerId, epoch: ProducerEpoch) -> Result<EpochBump> {
-        let mut tx = self
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(MetadataError::db("begin producer epoch bump"))?;
+        let mut tx = self.write_tx("begin producer epoch bump").await?;
         let row = sqlx::query("SELECT producer_epoch FROM producers WHERE producer_id = ?")
             .bind(id.0)
             .fetch_optional(&mut *tx)

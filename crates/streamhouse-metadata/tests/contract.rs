@@ -565,3 +565,55 @@ async fn topics_can_be_reconfigured_grown_and_trimmed() {
         );
     }
 }
+
+#[tokio::test]
+async fn epoch_end_offsets_follow_the_lease_epochs_of_commits() {
+    for (_dir, store) in backends().await {
+        store.create_topic("t", 1, &BTreeMap::new()).await.unwrap();
+        let tp = TopicPartition::new("t", 0);
+        let (a, b) = (agent("a"), agent("b"));
+        let ttl = Duration::from_secs(30);
+        assert_eq!(
+            store.epoch_end_offset(&tp, LeaseEpoch(1)).await.unwrap(),
+            None
+        );
+        // Epoch 1 (a) writes 0..5, epoch 2 (b) writes 5..8, epoch 3 (a) writes nothing.
+        let l1 = store.acquire_lease(&tp, &a, ttl).await.unwrap().unwrap();
+        store
+            .commit(
+                &object("o1", &a),
+                &[commit_for(&a, l1.epoch, &tp, 0, 5, "o1")],
+            )
+            .await
+            .unwrap();
+        store.release_lease(&tp, &a, l1.epoch).await.unwrap();
+        let l2 = store.acquire_lease(&tp, &b, ttl).await.unwrap().unwrap();
+        store
+            .commit(
+                &object("o2", &b),
+                &[commit_for(&b, l2.epoch, &tp, 5, 8, "o2")],
+            )
+            .await
+            .unwrap();
+        store.release_lease(&tp, &b, l2.epoch).await.unwrap();
+        store.acquire_lease(&tp, &a, ttl).await.unwrap().unwrap();
+        assert_eq!(
+            store.epoch_end_offset(&tp, LeaseEpoch(1)).await.unwrap(),
+            Some((LeaseEpoch(1), Offset(5)))
+        );
+        assert_eq!(
+            store.epoch_end_offset(&tp, LeaseEpoch(2)).await.unwrap(),
+            Some((LeaseEpoch(2), Offset(8)))
+        );
+        // Epoch 3 wrote nothing: the largest epoch at or below it is 2, ending at the high
+        // watermark.
+        assert_eq!(
+            store.epoch_end_offset(&tp, LeaseEpoch(3)).await.unwrap(),
+            Some((LeaseEpoch(2), Offset(8)))
+        );
+        assert_eq!(
+            store.epoch_end_offset(&tp, LeaseEpoch(0)).await.unwrap(),
+            Some((LeaseEpoch(0), Offset(0)))
+        );
+    }
+}

@@ -12,6 +12,7 @@ mod groups;
 mod init_producer_id;
 mod list_offsets;
 pub(crate) mod metadata;
+mod offset_for_leader_epoch;
 mod produce;
 
 use std::net::SocketAddr;
@@ -181,6 +182,9 @@ impl Handler {
             RequestKind::DeleteRecords(req) => {
                 ResponseKind::DeleteRecords(admin::delete_records(agent, req).await)
             }
+            RequestKind::OffsetForLeaderEpoch(req) => ResponseKind::OffsetForLeaderEpoch(
+                offset_for_leader_epoch::handle(agent, req).await,
+            ),
             RequestKind::DescribeCluster(_) => {
                 ResponseKind::DescribeCluster(admin::describe_cluster(agent).await)
             }
