@@ -198,40 +198,7 @@ pub fn compressed_record_batch(
     timestamp: i64,
     compression: Compression,
 ) -> Bytes {
-    let records: Vec<Record> = records
-        .iter()
-        .enumerate()
-        .map(|(i, (key, value))| {
-            let i = i32::try_from(i).expect("batch size");
-            Record {
-                transactional: false,
-                control: false,
-                delete_horizon: false,
-                partition_leader_epoch: -1,
-                producer_id: -1,
-                producer_epoch: -1,
-                timestamp_type: TimestampType::Creation,
-                offset: i64::from(i),
-                // The encoder keeps records in one batch while offset - sequence is constant.
-                sequence: i - 1,
-                timestamp: timestamp + i64::from(i),
-                key: key.map(Bytes::copy_from_slice),
-                value: Some(Bytes::copy_from_slice(value)),
-                headers: Default::default(),
-            }
-        })
-        .collect();
-    let mut buf = BytesMut::new();
-    RecordBatchEncoder::encode(
-        &mut buf,
-        records.iter(),
-        &RecordEncodeOptions {
-            version: 2,
-            compression,
-        },
-    )
-    .expect("encode record batch");
-    buf.freeze()
+    encode_batch(records, timestamp, compression, None)
 }
 
 /// A RecordBatch v2 (uncompressed) from an idempotent producer: record `i` has sequence
@@ -243,6 +210,22 @@ pub fn idempotent_record_batch(
     producer_epoch: i16,
     base_sequence: i32,
 ) -> Bytes {
+    encode_batch(
+        records,
+        timestamp,
+        Compression::None,
+        Some((producer_id, producer_epoch, base_sequence)),
+    )
+}
+
+/// Encodes one batch; `producer` is (id, epoch, base sequence) for idempotent batches.
+fn encode_batch(
+    records: &[(Option<&[u8]>, &[u8])],
+    timestamp: i64,
+    compression: Compression,
+    producer: Option<(i64, i16, i32)>,
+) -> Bytes {
+    let (producer_id, producer_epoch, base_sequence) = producer.unwrap_or((-1, -1, -1));
     let records: Vec<Record> = records
         .iter()
         .enumerate()
@@ -257,7 +240,8 @@ pub fn idempotent_record_batch(
                 producer_epoch,
                 timestamp_type: TimestampType::Creation,
                 offset: i64::from(i),
-                // The encoder keeps records in one batch while offset - sequence is constant.
+                // The encoder keeps records in one batch while offset - sequence is constant;
+                // without a producer the base sequence stays -1 (none).
                 sequence: base_sequence.wrapping_add(i),
                 timestamp: timestamp + i64::from(i),
                 key: key.map(Bytes::copy_from_slice),
@@ -272,7 +256,7 @@ pub fn idempotent_record_batch(
         records.iter(),
         &RecordEncodeOptions {
             version: 2,
-            compression: Compression::None,
+            compression,
         },
     )
     .expect("encode record batch");
