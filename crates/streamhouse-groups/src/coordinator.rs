@@ -567,14 +567,7 @@ impl GroupCoordinator {
                 }
                 new_id
             } else {
-                let known = group.members.contains_key(&req.member_id)
-                    || group.pending.remove(&req.member_id).is_some();
-                if !known {
-                    return Err(GroupError::UnknownMember {
-                        group: req.group_id.clone(),
-                        member_id: req.member_id.clone(),
-                    });
-                }
+                // A replaced static incarnation is fenced before anything else.
                 if let Some(instance) = &req.group_instance_id {
                     if group
                         .member_for_instance(instance)
@@ -584,6 +577,14 @@ impl GroupCoordinator {
                             instance_id: instance.clone(),
                         });
                     }
+                }
+                let known = group.members.contains_key(&req.member_id)
+                    || group.pending.remove(&req.member_id).is_some();
+                if !known {
+                    return Err(GroupError::UnknownMember {
+                        group: req.group_id.clone(),
+                        member_id: req.member_id.clone(),
+                    });
                 }
                 req.member_id.clone()
             };
@@ -914,8 +915,20 @@ fn unknown(group: &str, member_id: &str) -> GroupError {
     }
 }
 
-/// The member must exist, and a static member must present its own instance id.
+/// A static member whose instance id now belongs to another member id is fenced (checked
+/// first, as Kafka does: a replaced incarnation must stop, not rejoin); otherwise the member
+/// must exist and present its own instance id.
 fn check_member(group: &Group, member_id: &str, instance: Option<&str>) -> Result<(), GroupError> {
+    if let Some(instance) = instance {
+        if group
+            .member_for_instance(instance)
+            .is_some_and(|current| current != member_id)
+        {
+            return Err(GroupError::FencedInstance {
+                instance_id: instance.to_string(),
+            });
+        }
+    }
     let member = group
         .members
         .get(member_id)

@@ -225,6 +225,7 @@ async fn a_static_member_that_restarts_fences_its_old_incarnation() {
     let first = c.join(req.clone()).await.unwrap();
     let second = c.join(req).await.unwrap();
     assert_ne!(first.member_id, second.member_id);
+    // The old incarnation is fenced, not merely unknown: it must stop rather than rejoin.
     assert!(matches!(
         c.heartbeat(
             "g",
@@ -232,8 +233,21 @@ async fn a_static_member_that_restarts_fences_its_old_incarnation() {
             &first.member_id,
             Some("instance-1")
         ),
-        Err(GroupError::UnknownMember { .. })
+        Err(GroupError::FencedInstance { .. })
     ));
+    let mut rejoin = join_request(&first.member_id, 10_000);
+    rejoin.group_instance_id = Some("instance-1".into());
+    assert!(matches!(
+        c.join(rejoin).await,
+        Err(GroupError::FencedInstance { .. })
+    ));
+    c.heartbeat(
+        "g",
+        second.generation_id,
+        &second.member_id,
+        Some("instance-1"),
+    )
+    .unwrap();
     let d = c.describe("g").await.unwrap();
     assert_eq!(d.members.len(), 1);
     assert_eq!(
