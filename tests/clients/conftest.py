@@ -29,8 +29,9 @@ def server_binary() -> Path:
 
 
 class Server:
-    def __init__(self, data_dir: Path):
+    def __init__(self, data_dir: Path, extra_args=()):
         self.data_dir = data_dir
+        self.extra_args = list(extra_args)
         self.log_path = data_dir.parent / "server.log"
         self.bootstrap = None
         self.advertised = None
@@ -52,6 +53,7 @@ class Server:
                 str(self.data_dir),
                 "--kafka-addr",
                 "127.0.0.1:0",
+                *self.extra_args,
             ],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
@@ -105,9 +107,11 @@ class Server:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def server(tmp_path_factory, request):
+    """The module's server; a test module may set `SERVER_ARGS = [...]` for extra
+    `streamhouse serve` flags."""
     root = tmp_path_factory.mktemp("streamhouse")
-    srv = Server(root / "data")
+    srv = Server(root / "data", getattr(request.module, "SERVER_ARGS", ()))
     srv.start()
     yield srv
     code = srv.stop()

@@ -110,6 +110,101 @@ def ck_error_code(err):
     return err.code() if err is not None else None
 
 
+# Group settings that keep group tests quick: the server's minimum session timeout (6 s) and
+# frequent heartbeats, so that members hear of a rebalance within half a second.
+CK_GROUP_CONF = {
+    "session.timeout.ms": 6000,
+    "heartbeat.interval.ms": 500,
+    "auto.offset.reset": "earliest",
+}
+
+
+def ck_group_consumer(server, group, **extra):
+    """A confluent-kafka consumer of consumer group `group` (for subscribe()); no auto-commit."""
+    conf = {"group.id": group, **CK_GROUP_CONF}
+    conf.update(extra)
+    return ck_consumer(server, **conf)
+
+
+def ck_describe_group(server, group, admin=None):
+    """AdminClient.describe_consumer_groups for one group: its ConsumerGroupDescription."""
+    admin = admin or ck_admin(server)
+    return admin.describe_consumer_groups([group], request_timeout=10)[group].result(timeout=15)
+
+
+def ck_member_assignments(description):
+    """{member_id: sorted [(topic, partition)]} of a ConsumerGroupDescription."""
+    return {
+        m.member_id: sorted((tp.topic, tp.partition) for tp in m.assignment.topic_partitions)
+        for m in description.members
+    }
+
+
+def ck_settle(server, group, consumers, members, timeout=30, admin=None):
+    """Polls `consumers` (confluent-kafka, subscribed to an empty topic) until the group is
+    Stable with `members` members and each consumer's own assignment is the one the
+    coordinator reports for its member id. Returns the ConsumerGroupDescription. Records
+    or errors polled meanwhile fail the caller."""
+    from confluent_kafka import ConsumerGroupState
+
+    admin = admin or ck_admin(server)
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        for c in consumers:
+            msg = c.poll(0.05)
+            if msg is not None:
+                raise AssertionError(
+                    f"unexpected {'error ' + str(msg.error()) if msg.error() else 'record'} "
+                    "while settling"
+                )
+        last = ck_describe_group(server, group, admin)
+        if last.state != ConsumerGroupState.STABLE or len(last.members) != members:
+            continue
+        by_member = ck_member_assignments(last)
+        if all(
+            by_member.get(c.memberid())
+            == sorted((tp.topic, tp.partition) for tp in c.assignment())
+            for c in consumers
+        ):
+            return last
+    raise AssertionError(
+        f"group {group} did not settle with {members} members within {timeout}s; last "
+        f"description: state {last and last.state}, members "
+        f"{last and ck_member_assignments(last)}, local "
+        f"{[(c.memberid(), sorted(tp.partition for tp in c.assignment())) for c in consumers]}"
+    )
+
+
+def raw_heartbeat(server, group, generation, member_id, instance_id=None, timeout=10):
+    """Sends one Heartbeat v3 by hand (what a stale client would send) and returns its
+    error code."""
+    import socket
+
+    def string(s):
+        b = s.encode()
+        return struct.pack(">h", len(b)) + b
+
+    body = (
+        string(group)
+        + struct.pack(">i", generation)
+        + string(member_id)
+        + (struct.pack(">h", -1) if instance_id is None else string(instance_id))
+    )
+    header = struct.pack(">hhi", 12, 3, 7) + string("raw-heartbeat")
+    host, port = server.bootstrap.rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=timeout) as sock:
+        sock.sendall(struct.pack(">i", len(header) + len(body)) + header + body)
+        data = b""
+        while len(data) < 4 or len(data) < 4 + struct.unpack(">i", data[:4])[0]:
+            chunk = sock.recv(4096)
+            assert chunk, "connection closed before the Heartbeat response"
+            data += chunk
+    correlation, _throttle, error_code = struct.unpack(">iih", data[4:14])
+    assert correlation == 7
+    return error_code
+
+
 # ---------------------------------------------------------------- kafka-python
 
 
@@ -193,7 +288,7 @@ def java_partition(key: bytes, partitions: int) -> int:
 def stored_batches(data_dir: Path, topic: str):
     """Every RecordBatch stored for `topic`, from the footers of the objects under
     <data-dir>/objects/data (docs/storage-format.md): list of dicts with partition,
-    base_offset, attributes, record_count."""
+    base_offset, attributes, record_count, producer_id, producer_epoch, base_sequence."""
     out = []
     for path in sorted((Path(data_dir) / "objects" / "data").rglob("*.sho")):
         obj = path.read_bytes()
@@ -217,12 +312,18 @@ def stored_batches(data_dir: Path, topic: str):
                 base_offset, batch_len = struct.unpack_from(">qi", chunk, off)
                 (attributes,) = struct.unpack_from(">h", chunk, off + 21)
                 (record_count,) = struct.unpack_from(">i", chunk, off + 57)
+                producer_id, producer_epoch, base_sequence = struct.unpack_from(
+                    ">qhi", chunk, off + 43
+                )
                 out.append(
                     {
                         "partition": partition,
                         "base_offset": base_offset,
                         "attributes": attributes,
                         "record_count": record_count,
+                        "producer_id": producer_id,
+                        "producer_epoch": producer_epoch,
+                        "base_sequence": base_sequence,
                         "object": path.name,
                     }
                 )
@@ -238,7 +339,11 @@ __all__ = [
     "ck_admin",
     "ck_consume",
     "ck_consumer",
+    "ck_describe_group",
     "ck_error_code",
+    "ck_group_consumer",
+    "ck_member_assignments",
+    "ck_settle",
     "ck_produce_all",
     "ck_producer",
     "ck_read",
@@ -248,5 +353,6 @@ __all__ = [
     "kp_producer",
     "kp_read",
     "murmur2",
+    "raw_heartbeat",
     "stored_batches",
 ]
