@@ -8,7 +8,8 @@ use anyhow::{bail, Context};
 use bytes::Bytes;
 use clap::{Args, Subcommand};
 use streamhouse_client::{
-    Admin, Consumer, ConsumerConfig, OffsetSpec, Producer, ProducerConfig, ProducerRecord,
+    Admin, AutoOffsetReset, Consumer, ConsumerConfig, OffsetSpec, Producer, ProducerConfig,
+    ProducerRecord,
 };
 
 /// Where the server is.
@@ -56,6 +57,86 @@ pub(crate) enum TopicCommand {
         #[command(flatten)]
         bootstrap: Bootstrap,
     },
+}
+
+/// `streamhouse group …`
+#[derive(Debug, Subcommand)]
+pub(crate) enum GroupCommand {
+    /// List consumer groups with their state.
+    List {
+        #[command(flatten)]
+        bootstrap: Bootstrap,
+    },
+    /// Show a group's members, their partitions, and the committed offsets with lag.
+    Describe {
+        group: String,
+        #[command(flatten)]
+        bootstrap: Bootstrap,
+    },
+    /// Delete a group without members, and its committed offsets.
+    Delete {
+        group: String,
+        #[command(flatten)]
+        bootstrap: Bootstrap,
+    },
+}
+
+pub(crate) async fn group(command: GroupCommand) -> anyhow::Result<()> {
+    match command {
+        GroupCommand::List { bootstrap } => {
+            let admin = Admin::connect(&bootstrap.bootstrap).await?;
+            for g in admin.list_groups().await? {
+                println!("{}\t{}\t{}", g.group_id, g.state, g.protocol_type);
+            }
+        }
+        GroupCommand::Describe { group, bootstrap } => {
+            let admin = Admin::connect(&bootstrap.bootstrap).await?;
+            let d = admin
+                .describe_group(&group)
+                .await
+                .with_context(|| format!("cannot describe group {group:?}"))?;
+            println!(
+                "group {} ({}, protocol {:?})",
+                d.group_id, d.state, d.protocol
+            );
+            for m in &d.members {
+                let partitions: Vec<String> = m
+                    .assignment
+                    .iter()
+                    .map(|(t, p)| format!("{t}/{p}"))
+                    .collect();
+                println!(
+                    "  member {} ({} {}): {}",
+                    m.member_id,
+                    m.client_id,
+                    m.client_host,
+                    partitions.join(" ")
+                );
+            }
+            println!(
+                "{:>24}  {:>9}  {:>12}  {:>14}  {:>8}",
+                "topic", "partition", "committed", "high-watermark", "lag"
+            );
+            for (topic, partition, committed) in admin.list_group_offsets(&group).await? {
+                let high = admin
+                    .list_offsets(&topic, partition, OffsetSpec::Latest)
+                    .await?;
+                println!(
+                    "{topic:>24}  {partition:>9}  {committed:>12}  {high:>14}  {:>8}",
+                    (high - committed).max(0)
+                );
+            }
+        }
+        GroupCommand::Delete { group, bootstrap } => {
+            let admin = Admin::connect(&bootstrap.bootstrap).await?;
+            admin
+                .delete_group(&group)
+                .await
+                .with_context(|| format!("cannot delete group {group:?}"))?;
+            println!("deleted group {group}");
+        }
+    }
+    Ok(())
 }
 
 fn parse_config(s: &str) -> Result<(String, String), String> {
@@ -241,6 +322,11 @@ pub(crate) struct ConsumeArgs {
     /// Stop once every partition has been read up to its high watermark.
     #[arg(long, short = 'e', env = "STREAMHOUSE_EXIT_AT_END")]
     pub(crate) exit_at_end: bool,
+    /// Consume as a member of this consumer group: partitions are shared with the group's
+    /// other members and progress is committed (then --partition and --from only apply
+    /// when the group has no committed offset: "beginning" or "end").
+    #[arg(long, short = 'g', env = "STREAMHOUSE_GROUP")]
+    pub(crate) group: Option<String>,
     /// Output format: %t topic, %p partition, %o offset, %k key, %s value, %T timestamp,
     /// %h headers.
     #[arg(long, short = 'f', env = "STREAMHOUSE_FORMAT", default_value = "%s")]
@@ -265,6 +351,9 @@ pub(crate) async fn consume(args: ConsumeArgs) -> anyhow::Result<()> {
             (OffsetSpec::Earliest, Some(offset))
         }
     };
+    if let Some(group) = &args.group {
+        return consume_group(&args, group).await;
+    }
     let mut consumer = Consumer::new(&args.bootstrap.bootstrap, ConsumerConfig::default()).await?;
     let partitions = if args.partition.is_empty() {
         consumer.assign_all(&args.topic, spec).await?
@@ -303,6 +392,49 @@ pub(crate) async fn consume(args: ConsumeArgs) -> anyhow::Result<()> {
                 }
             })
         {
+            return Ok(());
+        }
+    }
+}
+
+/// `consume --group`: subscribe, print, commit what was printed, leave on exit.
+async fn consume_group(args: &ConsumeArgs, group: &str) -> anyhow::Result<()> {
+    let reset = match args.from.as_str() {
+        "beginning" => AutoOffsetReset::Earliest,
+        "end" => AutoOffsetReset::Latest,
+        other => bail!("with --group, --from must be beginning or end, not {other:?}"),
+    };
+    let config = ConsumerConfig {
+        group_id: Some(group.to_string()),
+        auto_offset_reset: reset,
+        ..ConsumerConfig::default()
+    };
+    let mut consumer = Consumer::new(&args.bootstrap.bootstrap, config).await?;
+    consumer.subscribe(&[args.topic.as_str()], None)?;
+    let mut seen = 0u64;
+    let mut idle_polls = 0u32;
+    let mut out = std::io::stdout().lock();
+    loop {
+        let records = consumer.poll(Duration::from_millis(500)).await?;
+        for r in &records {
+            writeln!(out, "{}", format_record(&args.format, r))?;
+            seen += 1;
+        }
+        out.flush()?;
+        let done = args.max_messages.is_some_and(|max| seen >= max);
+        // --exit-at-end: stop after two empty polls once the group has assigned partitions.
+        idle_polls = if records.is_empty() {
+            idle_polls + 1
+        } else {
+            0
+        };
+        let at_end = args.exit_at_end && idle_polls >= 2 && !consumer.assignment().is_empty();
+        if done || at_end {
+            consumer
+                .commit_sync()
+                .await
+                .context("cannot commit the group's offsets")?;
+            consumer.close().await?;
             return Ok(());
         }
     }

@@ -24,6 +24,9 @@ enum Command {
     /// Create, list, describe or delete topics.
     #[command(subcommand)]
     Topic(clients::TopicCommand),
+    /// List, describe (members, partitions, lag) or delete consumer groups.
+    #[command(subcommand)]
+    Group(clients::GroupCommand),
     /// Send records (arguments, or one per line of standard input) and print their offsets.
     Produce(clients::ProduceArgs),
     /// Read records and print them.
@@ -58,6 +61,7 @@ fn main() -> std::process::ExitCode {
         match cli.command {
             Command::Serve(args) => serve::serve(args, CancellationToken::new()).await,
             Command::Topic(command) => clients::topic(command).await,
+            Command::Group(command) => clients::group(command).await,
             Command::Produce(args) => clients::produce(args).await,
             Command::Consume(args) => clients::consume(args).await,
             Command::Bench(args) => bench::bench(args).await,

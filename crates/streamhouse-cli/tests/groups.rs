@@ -114,3 +114,45 @@ fn a_group_resumes_exactly_after_its_committed_offsets_even_across_a_restart() {
         assert_eq!(offsets, (0..n).collect::<Vec<_>>(), "partition {p}");
     }
 }
+
+#[test]
+fn the_cli_consumes_as_a_group_member_and_manages_groups() {
+    let dir = temp_dir();
+    let server = ServerProcess::start(
+        Path::new(BIN),
+        dir.path(),
+        &["--group-initial-rebalance-delay-ms", "100"],
+    );
+    let addr = server.kafka_addr.as_str();
+    cli(&["topic", "create", "cg", "--partitions", "3", "-b", addr]);
+    let values: Vec<String> = (0..30).map(|i| format!("v{i}")).collect();
+    let mut args = vec!["produce", "cg", "-q", "-b", addr];
+    args.extend(values.iter().map(String::as_str));
+    cli(&args);
+    let first = cli(&["consume", "cg", "-g", "readers", "-e", "-b", addr]);
+    assert_eq!(first.lines().count(), 30);
+    cli(&["produce", "cg", "-q", "late1", "late2", "-b", addr]);
+    let second = cli(&["consume", "cg", "-g", "readers", "-e", "-b", addr]);
+    let mut got: Vec<&str> = second.lines().collect();
+    got.sort_unstable();
+    assert_eq!(
+        got,
+        vec!["late1", "late2"],
+        "resumes after the committed offsets"
+    );
+
+    let listed = cli(&["group", "list", "-b", addr]);
+    assert!(listed.contains("readers\tEmpty\tconsumer"), "{listed}");
+    let described = cli(&["group", "describe", "readers", "-b", addr]);
+    let lag_lines: Vec<&str> = described
+        .lines()
+        .filter(|l| l.trim_start().starts_with("cg "))
+        .collect();
+    assert_eq!(lag_lines.len(), 3, "{described}");
+    assert!(
+        lag_lines.iter().all(|l| l.trim_end().ends_with(" 0")),
+        "no lag: {described}"
+    );
+    cli(&["group", "delete", "readers", "-b", addr]);
+    assert!(!cli(&["group", "list", "-b", addr]).contains("readers"));
+}
