@@ -77,6 +77,11 @@ impl OffsetChecker {
             .sum()
     }
 
+    /// The end of `partition`'s contiguous run: the next offset that would extend it.
+    pub fn next_offset(&self, partition: i32) -> Option<i64> {
+        self.partitions.get(&partition).map(|p| p.next)
+    }
+
     /// Number of partitions seen.
     pub fn partitions(&self) -> usize {
         self.partitions.len()

@@ -30,6 +30,12 @@ pub struct BenchConfig {
     /// Bytes a producer may have sent but not yet acknowledged; `send` waits beyond it.
     /// Produce latency includes this queue, so it bounds latency at a given throughput.
     pub buffer_memory: usize,
+    /// Idempotent producers (the client's default); needs `acks = -1`.
+    pub idempotence: bool,
+    /// Group members of the group-consume benchmark.
+    pub consumers: usize,
+    /// Records per second the end-to-end benchmark's producer sends (open loop).
+    pub rate: u64,
     /// Whether the caller also wants a consume run (read by the CLI, not by `run_produce`).
     pub consume: bool,
     /// Show a progress bar on stderr (only if stderr is a terminal).
@@ -50,6 +56,9 @@ impl Default for BenchConfig {
             batch_size: 1 << 20,
             max_in_flight: 5,
             buffer_memory: 64 << 20,
+            idempotence: true,
+            consumers: 3,
+            rate: 10_000,
             consume: false,
             progress: true,
         }
@@ -80,6 +89,18 @@ impl BenchConfig {
         }
         if !matches!(self.acks, -1..=1) {
             return bad("acks must be -1, 0 or 1");
+        }
+        if self.idempotence && self.acks != -1 {
+            return bad("idempotence needs acks = -1; turn idempotence off for other acks");
+        }
+        if self.idempotence && self.max_in_flight > streamhouse_client::MAX_IN_FLIGHT_IDEMPOTENT {
+            return bad("idempotence allows at most 5 requests in flight");
+        }
+        if self.consumers == 0 {
+            return bad("consumers must be positive");
+        }
+        if self.rate == 0 {
+            return bad("rate must be positive");
         }
         Ok(())
     }

@@ -122,6 +122,7 @@ pub async fn run_produce(cfg: &BenchConfig) -> Result<BenchReport, BenchError> {
         batch_size: cfg.batch_size,
         max_in_flight: cfg.max_in_flight,
         buffer_memory: cfg.buffer_memory,
+        enable_idempotence: cfg.idempotence,
         ..ProducerConfig::default()
     };
     let mut producers = Vec::with_capacity(cfg.producers);

@@ -15,6 +15,10 @@ pub enum BenchKind {
     Produce,
     /// Consuming records.
     Consume,
+    /// Consuming records with a consumer group of several members.
+    GroupConsume,
+    /// Producing at a fixed rate while a group member consumes: send-to-receive latency.
+    EndToEnd,
 }
 
 impl BenchKind {
@@ -23,6 +27,8 @@ impl BenchKind {
         match self {
             BenchKind::Produce => "produce",
             BenchKind::Consume => "consume",
+            BenchKind::GroupConsume => "group-consume",
+            BenchKind::EndToEnd => "end-to-end",
         }
     }
 }
@@ -35,8 +41,9 @@ impl std::fmt::Display for BenchKind {
 
 /// Throughput and latency of one run.
 ///
-/// Latency is per record from `send` to its offset being known for produce, and per
-/// fetch round (`poll`) for consume; all zero when nothing was measured (acks = 0).
+/// Latency is per record from `send` to its offset being known for produce, per fetch round
+/// (`poll`) for consume and group-consume, and per record from its scheduled send time to
+/// its arrival at the consumer for end-to-end; all zero when nothing was measured (acks = 0).
 #[derive(Debug, Clone, PartialEq)]
 pub struct BenchReport {
     /// Produce or consume.
@@ -59,7 +66,7 @@ pub struct BenchReport {
     pub p999_ms: f64,
     /// Largest latency, ms.
     pub max_ms: f64,
-    /// Duplicate or missing offsets seen (produce only; must be 0).
+    /// Duplicate or missing offsets seen (produce, group-consume and end-to-end; must be 0).
     pub offset_errors: u64,
 }
 

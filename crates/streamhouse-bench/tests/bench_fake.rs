@@ -60,6 +60,7 @@ async fn acks_zero_skips_offset_checks() -> Result<()> {
     let fake = FakeBroker::start(&[]).await?;
     let cfg = BenchConfig {
         acks: 0,
+        idempotence: false,
         producers: 1,
         ..config(&fake.addr, "fire")
     };
@@ -93,4 +94,31 @@ async fn invalid_config_is_rejected() {
         run_produce(&cfg).await,
         Err(BenchError::InvalidConfig(_))
     ));
+}
+
+#[tokio::test]
+async fn produce_is_idempotent_by_default() -> Result<()> {
+    let fake = FakeBroker::start(&[]).await?;
+    let report = run_produce(&config(&fake.addr, "idem")).await?;
+    assert_eq!(report.offset_errors, 0);
+    let st = fake.state();
+    assert!(!st.produced_batches.is_empty());
+    assert!(st.produced_batches.iter().all(|b| b.2 >= 0), "producer ids");
+    assert_eq!(st.producer_ids, 2, "one producer id per producer");
+    Ok(())
+}
+
+#[test]
+fn idempotence_needs_acks_all() {
+    let cfg = BenchConfig {
+        acks: 1,
+        ..BenchConfig::default()
+    };
+    assert!(matches!(cfg.validate(), Err(BenchError::InvalidConfig(_))));
+    let cfg = BenchConfig {
+        acks: 1,
+        idempotence: false,
+        ..BenchConfig::default()
+    };
+    assert!(cfg.validate().is_ok());
 }

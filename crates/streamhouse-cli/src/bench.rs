@@ -1,6 +1,6 @@
-//! `streamhouse bench`: produce and consume throughput and latency, against a running server
-//! or (by default) an embedded one started in this process on a temporary data dir, where
-//! object PUTs per second are measured too.
+//! `streamhouse bench`: produce, consume, group-consume and end-to-end throughput and
+//! latency, against a running server or (by default) an embedded one started in this process
+//! on a temporary data dir, where object PUTs per second are measured too.
 
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -15,9 +15,16 @@ use crate::serve::{self, ServeArgs};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub(crate) enum Workload {
+    /// Produce `--records` records.
     Produce,
+    /// Read the topic from the beginning with one assigned consumer.
     Consume,
+    /// Produce, then consume.
     Both,
+    /// `--consumers` members of one group read the whole topic (embedded: produce first).
+    GroupConsume,
+    /// Produce at `--rate` for `--duration-secs` while a group member reads: latency.
+    EndToEnd,
 }
 
 /// Flags of `streamhouse bench`.
@@ -45,6 +52,18 @@ pub(crate) struct BenchArgs {
     /// Records to produce (and then consume).
     #[arg(long, env = "STREAMHOUSE_BENCH_RECORDS", default_value_t = 200_000)]
     records: u64,
+    /// Idempotent producers (the client's default); other acks than -1 need `false`.
+    #[arg(long, env = "STREAMHOUSE_BENCH_IDEMPOTENCE", default_value_t = true, action = clap::ArgAction::Set)]
+    idempotence: bool,
+    /// Group-consume: members of the consumer group.
+    #[arg(long, env = "STREAMHOUSE_BENCH_CONSUMERS", default_value_t = 3)]
+    consumers: usize,
+    /// End-to-end: records per second the producer sends (open loop).
+    #[arg(long, env = "STREAMHOUSE_BENCH_RATE", default_value_t = 10_000)]
+    rate: u64,
+    /// End-to-end: how long to send; the run sends `rate × duration` records.
+    #[arg(long, env = "STREAMHOUSE_BENCH_DURATION_SECS", default_value_t = 10)]
+    duration_secs: u64,
     /// Producer acks: -1 (all), 1 or 0.
     #[arg(long, env = "STREAMHOUSE_BENCH_ACKS", default_value_t = -1, allow_hyphen_values = true)]
     acks: i16,
@@ -81,6 +100,11 @@ pub(crate) struct BenchArgs {
 }
 
 pub(crate) async fn bench(args: BenchArgs) -> anyhow::Result<()> {
+    let records = if args.workload == Workload::EndToEnd {
+        args.rate.saturating_mul(args.duration_secs)
+    } else {
+        args.records
+    };
     let mut config = BenchConfig {
         // Replaced by the embedded server's address when no server is given.
         bootstrap: args
@@ -90,33 +114,39 @@ pub(crate) async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         topic: args.topic.clone(),
         partitions: args.partitions,
         record_size: args.record_size,
-        records: args.records,
+        records,
         acks: args.acks,
         producers: args.producers,
         linger: Duration::from_millis(args.linger_ms),
         batch_size: args.batch_size,
         max_in_flight: args.max_in_flight,
         buffer_memory: args.buffer_memory,
-        consume: args.workload != Workload::Produce,
+        idempotence: args.idempotence,
+        consumers: args.consumers,
+        rate: args.rate,
+        consume: matches!(args.workload, Workload::Consume | Workload::Both),
         progress: !args.no_progress,
     };
     config.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
     let mut reports: Vec<(String, BenchReport)> = Vec::new();
     let mut notes = Vec::new();
 
+    let produces = matches!(args.workload, Workload::Produce | Workload::Both);
+    let consumes = matches!(args.workload, Workload::Consume | Workload::Both);
     if args.bootstrap.is_some() {
-        if args.workload != Workload::Consume {
+        if produces {
             reports.push((
                 "produce".into(),
                 streamhouse_bench::run_produce(&config).await?,
             ));
         }
-        if args.workload != Workload::Produce {
+        if consumes {
             reports.push((
                 "consume".into(),
                 streamhouse_bench::run_consume(&config).await?,
             ));
         }
+        run_group_workloads(args.workload, &config, &mut reports, &mut notes).await?;
     } else {
         let temp = tempfile::tempdir().context("cannot create a temporary data dir")?;
         let data_dir = args
@@ -146,7 +176,7 @@ pub(crate) async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         // Phase 1: produce, then consume with the data still in the cache.
         let server = serve::start(&serve_args(1 << 30), CancellationToken::new()).await?;
         config.bootstrap = server.kafka_addr.to_string();
-        if args.workload != Workload::Consume {
+        if produces || args.workload == Workload::GroupConsume {
             let stats = server.agent.storage().stats();
             let puts_before = stats.puts.load(Ordering::Relaxed);
             let report = streamhouse_bench::run_produce(&config).await?;
@@ -161,16 +191,17 @@ pub(crate) async fn bench(args: BenchArgs) -> anyhow::Result<()> {
             ));
             reports.push(("produce".into(), report));
         }
-        if args.workload != Workload::Produce {
+        if consumes {
             reports.push((
                 "consume (cache)".into(),
                 streamhouse_bench::run_consume(&config).await?,
             ));
         }
+        run_group_workloads(args.workload, &config, &mut reports, &mut notes).await?;
         server.stop().await?;
 
         // Phase 2: a fresh server with no cache reads everything with ranged GETs.
-        if args.workload != Workload::Produce {
+        if consumes {
             let server = serve::start(&serve_args(0), CancellationToken::new()).await?;
             config.bootstrap = server.kafka_addr.to_string();
             let stats = server.agent.storage().stats();
@@ -200,6 +231,35 @@ pub(crate) async fn bench(args: BenchArgs) -> anyhow::Result<()> {
     }
     if reports.iter().any(|(_, r)| r.offset_errors > 0) {
         anyhow::bail!("offset errors were seen: offsets were not contiguous");
+    }
+    Ok(())
+}
+
+/// The group-consume and end-to-end runs (nothing for the other workloads).
+async fn run_group_workloads(
+    workload: Workload,
+    config: &BenchConfig,
+    reports: &mut Vec<(String, BenchReport)>,
+    notes: &mut Vec<String>,
+) -> anyhow::Result<()> {
+    match workload {
+        Workload::GroupConsume => {
+            let report = streamhouse_bench::run_group_consume(config).await?;
+            notes.push(format!(
+                "group-consume: {} consumers in one group; throughput from the first record received",
+                config.consumers
+            ));
+            reports.push(("group-consume".into(), report));
+        }
+        Workload::EndToEnd => {
+            let report = streamhouse_bench::run_end_to_end(config).await?;
+            notes.push(format!(
+                "end-to-end: {} records/s offered for {} records; latency = consumer receive - scheduled send",
+                config.rate, config.records
+            ));
+            reports.push(("end-to-end".into(), report));
+        }
+        Workload::Produce | Workload::Consume | Workload::Both => {}
     }
     Ok(())
 }

@@ -229,6 +229,8 @@ pub(crate) struct ProduceArgs {
 pub(crate) async fn produce(args: ProduceArgs) -> anyhow::Result<()> {
     let config = ProducerConfig {
         acks: args.acks,
+        // Idempotence (the default) needs acks=all; with fewer acks the user chose speed.
+        enable_idempotence: args.acks == -1,
         ..ProducerConfig::default()
     };
     let producer = Producer::new(&args.bootstrap.bootstrap, config).await?;

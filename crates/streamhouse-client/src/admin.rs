@@ -1,16 +1,27 @@
-//! Cluster administration: create, delete, list and describe topics, look up offsets, and
-//! list, describe and delete consumer groups and their committed offsets.
+//! Cluster administration: create, delete, list and describe topics, read and change topic
+//! configs, add partitions, delete records, look up offsets, and list, describe and delete
+//! consumer groups and their committed offsets.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::try_join_all;
+use kafka_protocol::messages::create_partitions_request::CreatePartitionsTopic;
 use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
+use kafka_protocol::messages::delete_records_request::{
+    DeleteRecordsPartition, DeleteRecordsTopic,
+};
 use kafka_protocol::messages::delete_topics_request::DeleteTopicState;
+use kafka_protocol::messages::describe_configs_request::DescribeConfigsResource;
+use kafka_protocol::messages::incremental_alter_configs_request::{
+    AlterConfigsResource, AlterableConfig,
+};
 use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
 use kafka_protocol::messages::{
-    BrokerId, CreateTopicsRequest, DeleteGroupsRequest, DeleteTopicsRequest, DescribeGroupsRequest,
-    GroupId, ListGroupsRequest, ListOffsetsRequest, MetadataResponse, TopicName,
+    BrokerId, CreatePartitionsRequest, CreateTopicsRequest, DeleteGroupsRequest,
+    DeleteRecordsRequest, DeleteTopicsRequest, DescribeConfigsRequest, DescribeConfigsResponse,
+    DescribeGroupsRequest, GroupId, IncrementalAlterConfigsRequest, ListGroupsRequest,
+    ListOffsetsRequest, MetadataResponse, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 
@@ -113,6 +124,56 @@ pub struct GroupDescription {
     pub protocol: String,
     /// Members, sorted by member id.
     pub members: Vec<GroupMemberDescription>,
+}
+
+/// Kafka's config resource type for topics.
+const TOPIC_RESOURCE: i8 = 2;
+
+/// Where a config value comes from (DescribeConfigs `config_source`).
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConfigSource {
+    /// Set on the topic (a dynamic topic config).
+    DynamicTopic,
+    /// A dynamic config of one broker.
+    DynamicBroker,
+    /// A dynamic default for all brokers.
+    DynamicDefaultBroker,
+    /// The broker's static configuration.
+    StaticBroker,
+    /// The built-in default.
+    Default,
+    /// Anything else, with the raw code (0 is Kafka's UNKNOWN).
+    Other(i8),
+}
+
+impl ConfigSource {
+    /// Maps Kafka's `config_source` code.
+    pub fn from_code(code: i8) -> ConfigSource {
+        match code {
+            1 => ConfigSource::DynamicTopic,
+            2 => ConfigSource::DynamicBroker,
+            3 => ConfigSource::DynamicDefaultBroker,
+            4 => ConfigSource::StaticBroker,
+            5 => ConfigSource::Default,
+            other => ConfigSource::Other(other),
+        }
+    }
+}
+
+/// One config of a topic, from [`Admin::describe_topic_configs`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigEntry {
+    /// Config name, e.g. `retention.ms`.
+    pub name: String,
+    /// Current value; `None` for sensitive or unset values.
+    pub value: Option<String>,
+    /// Where the value comes from.
+    pub source: ConfigSource,
+    /// Whether the config can be changed.
+    pub read_only: bool,
+    /// The broker's description of the config, if it sent one.
+    pub documentation: Option<String>,
 }
 
 /// Administrative operations against a cluster reached through a bootstrap address.
@@ -389,6 +450,142 @@ impl Admin {
         offset_fetch(&conn, group, None).await
     }
 
+    /// Every config of `topic` with its value, source and documentation, sorted by name.
+    pub async fn describe_topic_configs(
+        &self,
+        topic: &str,
+    ) -> Result<Vec<ConfigEntry>, ClientError> {
+        let conn = self.cluster.controller().await?;
+        let req = DescribeConfigsRequest::default()
+            .with_resources(vec![DescribeConfigsResource::default()
+                .with_resource_type(TOPIC_RESOURCE)
+                .with_resource_name(StrBytes::from_string(topic.to_owned()))
+                .with_configuration_keys(None)])
+            .with_include_documentation(true);
+        let resp = conn.send(req).await?;
+        config_entries(resp, topic)
+    }
+
+    /// Sets (`Some(value)`) or deletes back to the default (`None`) configs of `topic` with
+    /// IncrementalAlterConfigs; configs not named are left alone.
+    pub async fn alter_topic_configs(
+        &self,
+        topic: &str,
+        changes: &[(&str, Option<&str>)],
+    ) -> Result<(), ClientError> {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let conn = self.cluster.controller().await?;
+        let configs = changes
+            .iter()
+            .map(|(name, value)| {
+                AlterableConfig::default()
+                    .with_name(StrBytes::from_string((*name).to_owned()))
+                    // 0 = SET, 1 = DELETE.
+                    .with_config_operation(if value.is_some() { 0 } else { 1 })
+                    .with_value(value.map(|v| StrBytes::from_string(v.to_owned())))
+            })
+            .collect();
+        let req = IncrementalAlterConfigsRequest::default().with_resources(vec![
+            AlterConfigsResource::default()
+                .with_resource_type(TOPIC_RESOURCE)
+                .with_resource_name(StrBytes::from_string(topic.to_owned()))
+                .with_configs(configs),
+        ]);
+        let resp = conn.send(req).await?;
+        let result = resp
+            .responses
+            .iter()
+            .find(|r| r.resource_name.as_str() == topic)
+            .or(resp.responses.first())
+            .ok_or_else(|| {
+                ClientError::corrupt("IncrementalAlterConfigs response", "topic missing")
+            })?;
+        if result.error_code != 0 {
+            return Err(ClientError::kafka(
+                result.error_code,
+                result.error_message.as_deref().or(Some(topic)),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Grows `topic` to `total` partitions (CreatePartitions); fails with
+    /// INVALID_PARTITIONS (37) if that is not more than it has.
+    pub async fn create_partitions(&self, topic: &str, total: i32) -> Result<(), ClientError> {
+        if total <= 0 {
+            return Err(ClientError::InvalidInput {
+                message: format!("partition count must be positive, got {total}"),
+            });
+        }
+        let conn = self.cluster.controller().await?;
+        let req = CreatePartitionsRequest::default()
+            .with_topics(vec![CreatePartitionsTopic::default()
+                .with_name(topic_name(topic))
+                .with_count(total)
+                .with_assignments(None)])
+            .with_timeout_ms(self.timeout_ms());
+        let resp = conn.send(req).await?;
+        let result = resp
+            .results
+            .iter()
+            .find(|r| r.name.as_str() == topic)
+            .ok_or_else(|| ClientError::corrupt("CreatePartitions response", "topic missing"))?;
+        if result.error_code != 0 {
+            return Err(ClientError::kafka(
+                result.error_code,
+                result.error_message.as_deref().or(Some(topic)),
+            ));
+        }
+        self.cluster.invalidate(topic);
+        Ok(())
+    }
+
+    /// Deletes the records of `topic`/`partition` below `before_offset` (DeleteRecords, sent
+    /// to the partition's leader); -1 means up to the high watermark. Returns the new
+    /// low watermark (log start offset).
+    pub async fn delete_records(
+        &self,
+        topic: &str,
+        partition: i32,
+        before_offset: i64,
+    ) -> Result<i64, ClientError> {
+        if before_offset < -1 {
+            return Err(ClientError::InvalidInput {
+                message: format!("before_offset must be -1 or an offset, got {before_offset}"),
+            });
+        }
+        let where_ = format!("{topic}/{partition}");
+        let leader = self.cluster.leader(topic, partition).await?;
+        if leader < 0 {
+            return Err(ClientError::kafka(5, Some(&where_)));
+        }
+        let conn = self.cluster.broker(leader).await?;
+        let req = DeleteRecordsRequest::default()
+            .with_topics(vec![DeleteRecordsTopic::default()
+                .with_name(topic_name(topic))
+                .with_partitions(vec![DeleteRecordsPartition::default()
+                    .with_partition_index(partition)
+                    .with_offset(before_offset)])])
+            .with_timeout_ms(self.timeout_ms());
+        let resp = conn.send(req).await?;
+        let p = resp
+            .topics
+            .iter()
+            .filter(|t| t.name.as_str() == topic)
+            .flat_map(|t| t.partitions.iter())
+            .find(|p| p.partition_index == partition)
+            .ok_or_else(|| ClientError::corrupt("DeleteRecords response", "partition missing"))?;
+        if p.error_code != 0 {
+            if is_metadata_error(p.error_code) {
+                self.cluster.invalidate(topic);
+            }
+            return Err(ClientError::kafka(p.error_code, Some(&where_)));
+        }
+        Ok(p.low_watermark)
+    }
+
     /// A raw Metadata request: `None` asks for every topic.
     pub async fn metadata(
         &self,
@@ -455,6 +652,37 @@ async fn list_offsets_once(
         ));
     }
     Ok(p.offset)
+}
+
+/// The [`ConfigEntry`]s of `topic` in a DescribeConfigs response, sorted by name.
+fn config_entries(
+    resp: DescribeConfigsResponse,
+    topic: &str,
+) -> Result<Vec<ConfigEntry>, ClientError> {
+    let result = resp
+        .results
+        .into_iter()
+        .find(|r| r.resource_type == TOPIC_RESOURCE && r.resource_name.as_str() == topic)
+        .ok_or_else(|| ClientError::corrupt("DescribeConfigs response", "topic missing"))?;
+    if result.error_code != 0 {
+        return Err(ClientError::kafka(
+            result.error_code,
+            result.error_message.as_deref().or(Some(topic)),
+        ));
+    }
+    let mut entries: Vec<ConfigEntry> = result
+        .configs
+        .into_iter()
+        .map(|c| ConfigEntry {
+            name: c.name.as_str().to_owned(),
+            value: c.value.map(|v| v.as_str().to_owned()),
+            source: ConfigSource::from_code(c.config_source),
+            read_only: c.read_only,
+            documentation: c.documentation.map(|d| d.as_str().to_owned()),
+        })
+        .collect();
+    entries.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(entries)
 }
 
 fn group_id(group: &str) -> GroupId {

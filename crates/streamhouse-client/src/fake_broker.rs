@@ -4,7 +4,11 @@
 //! enough to exercise clients: partition `p`'s log starts at offset `1000 * (p + 1)` so
 //! that offsets are never accidentally right; produce to topic `flaky` fails twice with
 //! NOT_LEADER_OR_FOLLOWER before succeeding; produce to topic `bad` always fails with
-//! MESSAGE_TOO_LARGE. Nothing here is meant for production.
+//! MESSAGE_TOO_LARGE; the first produce request to topic `lossy` is applied but never
+//! answered (a lost response). InitProducerId hands out ids from 7000; a batch whose
+//! producer id and base sequence match one already stored is answered with its original
+//! offset and not stored again, as a broker deduplicates idempotent retries. Nothing here is
+//! meant for production.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -22,8 +26,9 @@ use kafka_protocol::messages::metadata_response::{
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
 use kafka_protocol::messages::{
     ApiKey, ApiVersionsResponse, BrokerId, CreateTopicsRequest, CreateTopicsResponse, FetchRequest,
-    FetchResponse, ListOffsetsRequest, ListOffsetsResponse, MetadataRequest, MetadataResponse,
-    ProduceRequest, ProduceResponse, ResponseHeader, TopicName,
+    FetchResponse, InitProducerIdRequest, InitProducerIdResponse, ListOffsetsRequest,
+    ListOffsetsResponse, MetadataRequest, MetadataResponse, ProduceRequest, ProduceResponse,
+    ProducerId, ResponseHeader, TopicName,
 };
 use kafka_protocol::protocol::{decode_request_header_from_buffer, Decodable, Encodable, StrBytes};
 use kafka_protocol::records::RecordBatchDecoder;
@@ -50,6 +55,15 @@ pub struct FakeState {
     pub produce_requests: usize,
     /// Produce attempts to `flaky` answered with NOT_LEADER_OR_FOLLOWER.
     pub flaky_failures: usize,
+    /// Every produced batch as received: (topic, partition, producer id, epoch, base
+    /// sequence, record count), failed and duplicate attempts included.
+    pub produced_batches: Vec<(String, i32, i64, i16, i32, i32)>,
+    /// Produce requests to `lossy` whose response was dropped.
+    pub lost_responses: usize,
+    /// Producer ids handed out so far.
+    pub producer_ids: i64,
+    /// (topic, partition, producer id, base sequence) → base offset of stored batches.
+    pub sequences: HashMap<(String, i32, i64, i32), i64>,
 }
 
 /// A running fake broker; it stops when the runtime does.
@@ -166,11 +180,27 @@ async fn serve(mut sock: TcpStream, state: Arc<Mutex<FakeState>>, port: u16) -> 
                     &CreateTopicsResponse::default().with_topics(topics),
                 )?)
             }
+            ApiKey::InitProducerId => {
+                let _req = InitProducerIdRequest::decode(&mut buf, v)?;
+                let mut st = lock(&state);
+                let id = 7000 + st.producer_ids;
+                st.producer_ids += 1;
+                let resp = InitProducerIdResponse::default()
+                    .with_producer_id(ProducerId(id))
+                    .with_producer_epoch(0);
+                Some(frame(key, v, cid, &resp)?)
+            }
             ApiKey::Produce => {
                 let req = ProduceRequest::decode(&mut buf, v)?;
                 let acks = req.acks;
+                let lossy = req.topic_data.iter().any(|t| t.name.as_str() == "lossy");
                 let resp = produce(&state, req);
-                if acks == 0 {
+                let lose = lossy && {
+                    let mut st = lock(&state);
+                    st.lost_responses += 1;
+                    st.lost_responses == 1
+                };
+                if acks == 0 || lose {
                     None
                 } else {
                     Some(frame(key, v, cid, &resp)?)
@@ -200,6 +230,7 @@ fn api_versions() -> ApiVersionsResponse {
         (ApiKey::Metadata, 0, 12),
         (ApiKey::ApiVersions, 0, 3),
         (ApiKey::CreateTopics, 2, 7),
+        (ApiKey::InitProducerId, 0, 5),
     ];
     ApiVersionsResponse::default().with_api_keys(
         keys.iter()
@@ -272,6 +303,21 @@ fn produce(state: &Mutex<FakeState>, req: ProduceRequest) -> ProduceResponse {
                 parts.push(resp.with_error_code(3));
                 continue;
             }
+            let info =
+                RecordBatchDecoder::decode_batch_info(&mut p.records.clone().unwrap_or_default())
+                    .ok()
+                    .and_then(|infos| infos.first().cloned());
+            let (producer_id, epoch, base_sequence) = info.as_ref().map_or((-1, -1, -1), |i| {
+                (i.producer_id, i.producer_epoch, i.base_sequence)
+            });
+            st.produced_batches.push((
+                topic.clone(),
+                p.index,
+                producer_id,
+                epoch,
+                base_sequence,
+                info.as_ref().map_or(0, |i| i.record_count),
+            ));
             if topic == "flaky" && st.flaky_failures < 2 {
                 st.flaky_failures += 1;
                 parts.push(resp.with_error_code(6));
@@ -286,6 +332,13 @@ fn produce(state: &Mutex<FakeState>, req: ProduceRequest) -> ProduceResponse {
                 continue;
             };
             let count = record_count(&records);
+            let key = (topic.clone(), p.index, producer_id, base_sequence);
+            if producer_id >= 0 {
+                if let Some(base) = st.sequences.get(&key) {
+                    parts.push(resp.with_base_offset(*base));
+                    continue;
+                }
+            }
             let log = st
                 .logs
                 .entry((topic.clone(), p.index))
@@ -297,6 +350,9 @@ fn produce(state: &Mutex<FakeState>, req: ProduceRequest) -> ProduceResponse {
             }
             log.0.push(stored.freeze());
             log.1 += count;
+            if producer_id >= 0 {
+                st.sequences.insert(key, base);
+            }
             parts.push(resp.with_base_offset(base));
         }
         topics.push(

@@ -2,8 +2,10 @@
 //!
 //! Modules:
 //! - [`connection`]: one pipelined TCP connection; framing, version negotiation, correlation.
-//! - [`admin`]: create/delete/list/describe topics and groups, look up offsets.
-//! - [`producer`]: batching producer that reports each record's real offset.
+//! - [`admin`]: create/delete/list/describe topics and groups, topic configs, partitions,
+//!   record deletion, offset look-ups.
+//! - [`producer`]: batching, idempotent (by default) producer that reports each record's
+//!   real offset.
 //! - [`consumer`]: fetches assigned partitions, or subscribes as a consumer-group member.
 //! - [`assignor`]: range/roundrobin assignors and the ConsumerProtocol encodings.
 //! - `group` (private): coordinator requests and the membership state machine.
@@ -27,13 +29,16 @@ pub mod producer;
 pub mod records;
 
 pub use admin::{
-    Admin, GroupDescription, GroupListing, GroupMemberDescription, OffsetSpec,
-    PartitionDescription, TopicDescription, TopicSummary,
+    Admin, ConfigEntry, ConfigSource, GroupDescription, GroupListing, GroupMemberDescription,
+    OffsetSpec, PartitionDescription, TopicDescription, TopicSummary,
 };
 pub use assignor::AssignmentStrategy;
 pub use connection::Connection;
 pub use consumer::{AutoOffsetReset, Consumer, ConsumerConfig, RebalanceListener};
 pub use error::ClientError;
 pub use partitioner::{murmur2, Partitioner};
-pub use producer::{DeliveryHandle, Producer, ProducerConfig, RecordMetadata};
+pub use producer::{
+    DeliveryHandle, Producer, ProducerConfig, ProducerIdentity, RecordMetadata,
+    MAX_IN_FLIGHT_IDEMPOTENT,
+};
 pub use records::{ConsumedRecord, ProducerRecord};

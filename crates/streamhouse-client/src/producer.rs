@@ -7,21 +7,37 @@
 //! the response arrives, each record's [`DeliveryHandle`] resolves with
 //! `base_offset + index in batch`.
 //!
-//! Ordering: requests to one broker are written in order, so without retries the records
-//! of a partition land in send order. A retried batch is sent again after newer batches of
-//! the same partition may already have been written, so with retries and
-//! `max_in_flight > 1` order within a partition can change. A request that times out may
-//! still have been applied by the broker; retrying it can then duplicate its records
-//! (there is no idempotent producer yet).
+//! Idempotence (`enable_idempotence`, on by default, as in Kafka 3+): the producer gets a
+//! producer id and epoch with InitProducerId when it is created. When a batch is first
+//! drained for sending it gets the partition's next base sequence (record `i` carries
+//! `base_sequence + i`), and it is encoded once: a retry resends the same bytes, so the
+//! broker recognizes a batch it already wrote (say, after a lost response) and answers with
+//! the original offset instead of writing it twice. Per partition at most
+//! [`MAX_IN_FLIGHT_IDEMPOTENT`] batches are unacknowledged; a batch that fails retriably is
+//! resent only once every earlier batch of its partition has completed, and no new batch of
+//! that partition is sent while it waits, so records land in send order even with retries.
+//! OUT_OF_ORDER_SEQUENCE_NUMBER for a batch behind an unacknowledged one means an earlier
+//! batch failed, so it is retried in order; for the oldest batch it means a gap that cannot
+//! close (an earlier batch was given up on), and its handles fail. INVALID_PRODUCER_EPOCH,
+//! PRODUCER_FENCED and UNKNOWN_PRODUCER_ID fail the affected handles; the epoch is not
+//! bumped (KIP-360) yet.
+//!
+//! Without idempotence: requests to one broker are written in order, so without retries
+//! the records of a partition land in send order. A retried batch is sent again after newer
+//! batches of the same partition may already have been written, so with retries and
+//! `max_in_flight > 1` order within a partition can change, and a request that timed out
+//! but was applied is written again when retried.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
-use kafka_protocol::messages::{ApiKey, ProduceRequest, ProduceResponse};
+use kafka_protocol::messages::{
+    ApiKey, InitProducerIdRequest, ProduceRequest, ProduceResponse, ProducerId,
+};
 use kafka_protocol::protocol::VersionRange;
 use kafka_protocol::records::Record;
 use tokio::sync::{oneshot, watch, Notify, OwnedSemaphorePermit, Semaphore};
@@ -39,6 +55,17 @@ const PRODUCE_VERSIONS: VersionRange = VersionRange { min: 3, max: 12 };
 
 /// Soft cap on the record bytes of one ProduceRequest.
 const MAX_REQUEST_BYTES: usize = 32 << 20;
+
+/// Most batches of one partition an idempotent producer has unacknowledged: the broker
+/// remembers a producer's last 5 batches per partition, so a retry of an older one could
+/// not be recognized (Kafka's `max.in.flight.requests.per.connection` limit).
+pub const MAX_IN_FLIGHT_IDEMPOTENT: usize = 5;
+
+/// Kafka error codes the idempotent producer handles specially.
+const OUT_OF_ORDER_SEQUENCE_NUMBER: i16 = 45;
+const INVALID_PRODUCER_EPOCH: i16 = 47;
+const UNKNOWN_PRODUCER_ID: i16 = 59;
+const PRODUCER_FENCED: i16 = 90;
 
 /// Producer settings. `ProducerConfig::default()` matches the Kafka Java client's spirit.
 #[derive(Debug, Clone)]
@@ -62,6 +89,10 @@ pub struct ProducerConfig {
     pub retry_backoff: Duration,
     /// Total bytes of records waiting to be acknowledged; `send` waits for space beyond it.
     pub buffer_memory: usize,
+    /// Idempotent producer: every batch carries a producer id, epoch and sequence, so the
+    /// broker writes a retried batch at most once and keeps each partition in send order.
+    /// Requires `acks = -1` and `max_in_flight <= 5`.
+    pub enable_idempotence: bool,
 }
 
 impl Default for ProducerConfig {
@@ -76,7 +107,74 @@ impl Default for ProducerConfig {
             retries: None,
             retry_backoff: Duration::from_millis(100),
             buffer_memory: 64 << 20,
+            enable_idempotence: true,
         }
+    }
+}
+
+impl ProducerConfig {
+    /// Rejects settings the producer cannot honour.
+    pub fn validate(&self) -> Result<(), ClientError> {
+        let invalid = |message: String| Err(ClientError::InvalidInput { message });
+        if !matches!(self.acks, -1..=1) {
+            return invalid(format!("acks must be -1, 0 or 1, got {}", self.acks));
+        }
+        if self.max_in_flight == 0 || self.batch_size == 0 {
+            return invalid("max_in_flight and batch_size must be positive".to_owned());
+        }
+        if self.enable_idempotence && self.acks != -1 {
+            return invalid(format!(
+                "an idempotent producer needs acks = -1 (all), got {}; set enable_idempotence = false to use other acks",
+                self.acks
+            ));
+        }
+        if self.enable_idempotence && self.max_in_flight > MAX_IN_FLIGHT_IDEMPOTENT {
+            return invalid(format!(
+                "an idempotent producer allows at most {MAX_IN_FLIGHT_IDEMPOTENT} requests in flight, got {}",
+                self.max_in_flight
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The identity an idempotent producer's batches carry, from InitProducerId.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProducerIdentity {
+    /// Producer id handed out by the broker.
+    pub producer_id: i64,
+    /// Its epoch.
+    pub producer_epoch: i16,
+}
+
+/// A batch's place in its partition's sequence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct BatchSequence {
+    /// Drain order within the partition (never wraps); orders retries.
+    number: u64,
+    /// Sequence of the batch's first record.
+    base_sequence: i32,
+}
+
+/// Per-partition sequence state of an idempotent producer.
+#[derive(Debug, Default)]
+struct PartitionSequences {
+    /// Base sequence of the next batch.
+    next_sequence: i32,
+    /// Number the next batch gets.
+    next_number: u64,
+    /// Numbers of batches with a sequence that have not completed yet.
+    unacked: BTreeSet<u64>,
+    /// Of those, how many are waiting in the retry queue.
+    retrying: usize,
+}
+
+/// `sequence + n` wrapping from `i32::MAX` to 0, as Kafka's sequences do.
+pub(crate) fn increment_sequence(sequence: i32, n: i32) -> i32 {
+    if sequence > i32::MAX - n {
+        n - (i32::MAX - sequence) - 1
+    } else {
+        sequence + n
     }
 }
 
@@ -127,6 +225,8 @@ struct Batch {
     created: Instant,
     attempts: u32,
     retry_at: Option<Instant>,
+    /// Set when an idempotent producer first drains the batch; kept across retries.
+    sequence: Option<BatchSequence>,
     encoded: Option<Bytes>,
 }
 
@@ -143,6 +243,7 @@ impl Batch {
             created: now,
             attempts: 0,
             retry_at: None,
+            sequence: None,
             encoded: None,
         }
     }
@@ -161,6 +262,8 @@ struct Accumulator {
     ready: VecDeque<Batch>,
     /// Batches waiting for their retry time.
     retry: Vec<Batch>,
+    /// Idempotence: (topic, partition) → sequence state.
+    sequences: HashMap<(String, i32), PartitionSequences>,
 }
 
 impl Accumulator {
@@ -175,6 +278,8 @@ impl Accumulator {
 
 struct Shared {
     config: ProducerConfig,
+    /// Producer id and epoch when idempotent.
+    identity: Option<ProducerIdentity>,
     cluster: Arc<Cluster>,
     acc: Mutex<Accumulator>,
     wake: Notify,
@@ -191,6 +296,17 @@ impl Shared {
     }
 
     fn finished(&self, batch: &Batch) {
+        if let Some(seq) = batch.sequence {
+            if let Some(st) = self
+                .acc()
+                .sequences
+                .get_mut(&(batch.topic.clone(), batch.partition))
+            {
+                st.unacked.remove(&seq.number);
+            }
+            // Held batches of this partition may be sendable now.
+            self.wake.notify_one();
+        }
         self.buffer.add_permits(batch.permits);
         let n = u64::try_from(batch.len()).unwrap_or(u64::MAX);
         self.outstanding.send_if_modified(|o| {
@@ -252,14 +368,64 @@ impl Shared {
         }
         tracing::debug!(topic = %batch.topic, partition = batch.partition, error = %err, attempt = batch.attempts, "retrying produce batch");
         batch.retry_at = Some(retry_at);
-        self.acc().retry.push(batch);
+        let mut acc = self.acc();
+        if batch.sequence.is_some() {
+            acc.sequences
+                .entry((batch.topic.clone(), batch.partition))
+                .or_default()
+                .retrying += 1;
+        }
+        acc.retry.push(batch);
+        drop(acc);
         self.wake.notify_one();
     }
 
-    /// Moves due batches out of the accumulator; returns them and when to look again.
+    /// Whether `batch` is the oldest unacknowledged batch of its partition (always true
+    /// without idempotence).
+    fn is_oldest_unacked(&self, batch: &Batch) -> bool {
+        let Some(seq) = batch.sequence else {
+            return true;
+        };
+        self.acc()
+            .sequences
+            .get(&(batch.topic.clone(), batch.partition))
+            .and_then(|st| st.unacked.first().copied())
+            .is_none_or(|oldest| oldest == seq.number)
+    }
+
+    /// The error for a batch the broker rejected for its producer id, epoch or sequence.
+    fn idempotence_error(&self, batch: &Batch, code: i16, detail: Option<&str>) -> ClientError {
+        let (id, epoch) = self
+            .identity
+            .map_or((-1, -1), |i| (i.producer_id, i.producer_epoch));
+        let seq = batch.sequence.map_or(-1, |s| s.base_sequence);
+        let why = match code {
+            OUT_OF_ORDER_SEQUENCE_NUMBER => {
+                "an earlier batch of this partition was given up on, so the sequence has a gap"
+            }
+            UNKNOWN_PRODUCER_ID => "the broker no longer knows this producer id",
+            _ => "this producer was fenced by a newer epoch of its producer id",
+        };
+        ClientError::kafka(
+            code,
+            Some(&format!(
+                "idempotent producer {id} epoch {epoch}, {}/{} base sequence {seq}: {why}{}",
+                batch.topic,
+                batch.partition,
+                detail.map(|d| format!(" ({d})")).unwrap_or_default()
+            )),
+        )
+    }
+
+    /// Moves due batches out of the accumulator; returns them, when to look again, and
+    /// the batches whose delivery timeout passed.
+    ///
+    /// An idempotent producer also gives each batch it drains for the first time its
+    /// sequence, and holds batches back to keep each partition in order (see the module docs).
     fn collect(&self, now: Instant) -> (Vec<Batch>, Option<Instant>, Vec<Batch>) {
         let linger = self.config.linger;
-        let mut acc = self.acc();
+        let mut guard = self.acc();
+        let acc = &mut *guard;
         let mut next: Option<Instant> = None;
         let mut soonest = |t: Instant| next = Some(next.map_or(t, |n: Instant| n.min(t)));
         let mut due: Vec<(String, i32, i32)> = Vec::new();
@@ -281,20 +447,86 @@ impl Shared {
         for (topic, p, n) in due {
             acc.close(&topic, p, n);
         }
-        let mut batches: Vec<Batch> = acc.ready.drain(..).collect();
-        let retry = std::mem::take(&mut acc.retry);
-        for b in retry {
+        let fresh: Vec<Batch> = acc.ready.drain(..).collect();
+        let mut retries = Vec::new();
+        for b in std::mem::take(&mut acc.retry) {
             match b.retry_at {
                 Some(at) if at > now => {
                     soonest(at);
                     acc.retry.push(b);
                 }
-                _ => batches.push(b),
+                _ => retries.push(b),
             }
         }
-        drop(acc);
-        let (expired, live): (Vec<Batch>, Vec<Batch>) =
-            batches.into_iter().partition(|b| self.deadline(b) <= now);
+        let Some(identity) = self.identity else {
+            drop(guard);
+            let (expired, live): (Vec<Batch>, Vec<Batch>) = fresh
+                .into_iter()
+                .chain(retries)
+                .partition(|b| self.deadline(b) <= now);
+            return (live, next, expired);
+        };
+
+        let mut live = Vec::new();
+        let mut expired = Vec::new();
+        // A retry goes out only as its partition's oldest unacknowledged batch.
+        for b in retries {
+            let st = acc
+                .sequences
+                .entry((b.topic.clone(), b.partition))
+                .or_default();
+            let oldest = match b.sequence {
+                Some(seq) => st.unacked.first() == Some(&seq.number),
+                None => true,
+            };
+            let is_expired = self.deadline(&b) <= now;
+            if !oldest && !is_expired {
+                acc.retry.push(b);
+                continue;
+            }
+            if b.sequence.is_some() {
+                st.retrying = st.retrying.saturating_sub(1);
+            }
+            if is_expired {
+                expired.push(b);
+            } else {
+                live.push(b);
+            }
+        }
+        // New batches wait while their partition has a retry pending or too many in flight.
+        for mut b in fresh {
+            if self.deadline(&b) <= now {
+                expired.push(b);
+                continue;
+            }
+            let st = acc
+                .sequences
+                .entry((b.topic.clone(), b.partition))
+                .or_default();
+            if b.sequence.is_none() {
+                if st.retrying > 0 || st.unacked.len() >= MAX_IN_FLIGHT_IDEMPOTENT {
+                    acc.ready.push_back(b);
+                    continue;
+                }
+                let number = st.next_number;
+                st.next_number += 1;
+                st.unacked.insert(number);
+                let base_sequence = st.next_sequence;
+                let mut sequence = base_sequence;
+                for r in &mut b.records {
+                    r.producer_id = identity.producer_id;
+                    r.producer_epoch = identity.producer_epoch;
+                    r.sequence = sequence;
+                    sequence = increment_sequence(sequence, 1);
+                }
+                st.next_sequence = sequence;
+                b.sequence = Some(BatchSequence {
+                    number,
+                    base_sequence,
+                });
+            }
+            live.push(b);
+        }
         (live, next, expired)
     }
 }
@@ -330,18 +562,16 @@ impl std::fmt::Debug for Producer {
 
 impl Producer {
     /// Connects to `bootstrap` and starts the background sender.
+    ///
+    /// An idempotent producer (the default) also asks for its producer id here.
     pub async fn new(bootstrap: &str, config: ProducerConfig) -> Result<Producer, ClientError> {
-        if !matches!(config.acks, -1..=1) {
-            return Err(ClientError::InvalidInput {
-                message: format!("acks must be -1, 0 or 1, got {}", config.acks),
-            });
-        }
-        if config.max_in_flight == 0 || config.batch_size == 0 {
-            return Err(ClientError::InvalidInput {
-                message: "max_in_flight and batch_size must be positive".to_owned(),
-            });
-        }
+        config.validate()?;
         let cluster = Cluster::connect(bootstrap, config.request_timeout).await?;
+        let identity = if config.enable_idempotence {
+            Some(init_producer_id(&cluster, &config).await?)
+        } else {
+            None
+        };
         let buffer_permits = config.buffer_memory.clamp(1, Semaphore::MAX_PERMITS);
         let (outstanding, _) = watch::channel(0u64);
         let shared = Arc::new(Shared {
@@ -352,6 +582,7 @@ impl Producer {
             buffer_permits,
             outstanding,
             closed: AtomicBool::new(false),
+            identity,
             config,
         });
         tokio::spawn(run_sender(shared.clone()));
@@ -361,6 +592,11 @@ impl Producer {
     /// The configuration in use.
     pub fn config(&self) -> &ProducerConfig {
         &self.shared.config
+    }
+
+    /// The producer id and epoch of an idempotent producer.
+    pub fn identity(&self) -> Option<ProducerIdentity> {
+        self.shared.identity
     }
 
     /// Queues `record` and returns a handle to its delivery.
@@ -520,6 +756,57 @@ impl Drop for Producer {
         // The sender drains what is queued, then exits.
         self.shared.closed.store(true, Ordering::Relaxed);
         self.shared.wake.notify_one();
+    }
+}
+
+/// InitProducerId without a transactional id: a new producer id at epoch 0.
+///
+/// Retries retriable errors (coordinator loading or moving included) up to
+/// `request_timeout`.
+async fn init_producer_id(
+    cluster: &Cluster,
+    config: &ProducerConfig,
+) -> Result<ProducerIdentity, ClientError> {
+    let deadline = Instant::now() + config.request_timeout;
+    loop {
+        let attempt = async {
+            let conn = cluster.any_connection().await?;
+            let req = InitProducerIdRequest::default()
+                .with_transactional_id(None)
+                .with_transaction_timeout_ms(i32::MAX)
+                .with_producer_id(ProducerId(-1))
+                .with_producer_epoch(-1);
+            let resp = conn.send(req).await?;
+            if resp.error_code != 0 {
+                return Err(ClientError::kafka(resp.error_code, Some("InitProducerId")));
+            }
+            if resp.producer_id.0 < 0 || resp.producer_epoch < 0 {
+                return Err(ClientError::corrupt(
+                    "InitProducerId response",
+                    format!(
+                        "producer id {} epoch {}",
+                        resp.producer_id.0, resp.producer_epoch
+                    ),
+                ));
+            }
+            Ok(ProducerIdentity {
+                producer_id: resp.producer_id.0,
+                producer_epoch: resp.producer_epoch,
+            })
+        };
+        match attempt.await {
+            Ok(identity) => return Ok(identity),
+            Err(e) => {
+                // COORDINATOR_LOAD_IN_PROGRESS, COORDINATOR_NOT_AVAILABLE, NOT_COORDINATOR.
+                let retriable =
+                    e.is_retriable() || e.kafka_code().is_some_and(|c| (14..=16).contains(&c));
+                if !retriable || Instant::now() + config.retry_backoff >= deadline {
+                    return Err(e);
+                }
+                tracing::debug!(error = %e, "retrying InitProducerId");
+                tokio::time::sleep(config.retry_backoff).await;
+            }
+        }
     }
 }
 
@@ -756,6 +1043,25 @@ async fn handle_response(
             shared.complete(b, p.base_offset, p.log_append_time_ms);
             continue;
         }
+        if b.sequence.is_some() {
+            match p.error_code {
+                // Behind a batch that failed: resend once that one is through.
+                OUT_OF_ORDER_SEQUENCE_NUMBER if !shared.is_oldest_unacked(&b) => {
+                    let e = ClientError::kafka(p.error_code, p.error_message.as_deref());
+                    shared.retry_or_fail(b, e);
+                    continue;
+                }
+                OUT_OF_ORDER_SEQUENCE_NUMBER
+                | INVALID_PRODUCER_EPOCH
+                | UNKNOWN_PRODUCER_ID
+                | PRODUCER_FENCED => {
+                    let e = shared.idempotence_error(&b, p.error_code, p.error_message.as_deref());
+                    shared.fail(b, &e);
+                    continue;
+                }
+                _ => {}
+            }
+        }
         let e = ClientError::kafka(p.error_code, p.error_message.as_deref());
         if is_retriable_code(p.error_code) {
             shared.retry_or_fail(b, e);
@@ -825,11 +1131,140 @@ mod tests {
         );
     }
 
+    #[test]
+    fn sequences_wrap_to_zero_like_kafka() {
+        assert_eq!(increment_sequence(0, 5), 5);
+        assert_eq!(increment_sequence(i32::MAX - 1, 1), i32::MAX);
+        assert_eq!(increment_sequence(i32::MAX, 1), 0);
+        assert_eq!(increment_sequence(i32::MAX - 2, 5), 2);
+    }
+
+    /// A closed batch of `n` records, as `send` builds it.
+    fn batch_of(partition: i32, n: usize, now: Instant) -> Batch {
+        let mut b = Batch::new("t".into(), partition, now);
+        for i in 0..n {
+            let index = i32::try_from(i).expect("small");
+            b.records
+                .push(to_wire_record(&ProducerRecord::new("t", "v"), index, 0));
+            b.waiters.push(oneshot::channel().0);
+            b.timestamps.push(0);
+        }
+        b
+    }
+
+    fn idempotent_shared() -> Shared {
+        let mut shared = test_shared_sync();
+        shared.identity = Some(ProducerIdentity {
+            producer_id: 42,
+            producer_epoch: 3,
+        });
+        shared
+    }
+
+    fn base_sequences(batches: &[Batch]) -> Vec<(i32, i32)> {
+        batches
+            .iter()
+            .map(|b| (b.partition, b.sequence.map_or(-1, |s| s.base_sequence)))
+            .collect()
+    }
+
+    #[test]
+    fn drained_batches_get_consecutive_sequences() {
+        let shared = idempotent_shared();
+        let now = Instant::now();
+        {
+            let mut acc = shared.acc();
+            for (p, n) in [(0, 2), (0, 3), (1, 4), (0, 1)] {
+                acc.ready.push_back(batch_of(p, n, now));
+            }
+        }
+        let (live, _, expired) = shared.collect(now);
+        assert!(expired.is_empty());
+        assert_eq!(base_sequences(&live), vec![(0, 0), (0, 2), (1, 0), (0, 5)]);
+        // Every record carries the producer id, epoch and base + index.
+        let b = &live[1];
+        let seqs: Vec<i32> = b.records.iter().map(|r| r.sequence).collect();
+        assert_eq!(seqs, vec![2, 3, 4]);
+        assert!(b
+            .records
+            .iter()
+            .all(|r| r.producer_id == 42 && r.producer_epoch == 3));
+        let encoded = encode_batch(&b.records).expect("encodes");
+        let infos =
+            kafka_protocol::records::RecordBatchDecoder::decode_batch_info(&mut encoded.clone())
+                .expect("decodes");
+        assert_eq!(infos.len(), 1, "one batch on the wire");
+        assert_eq!(infos[0].base_sequence, 2);
+        assert_eq!(infos[0].producer_id, 42);
+    }
+
+    #[test]
+    fn at_most_five_batches_per_partition_are_unacknowledged() {
+        let shared = idempotent_shared();
+        let now = Instant::now();
+        {
+            let mut acc = shared.acc();
+            for _ in 0..7 {
+                acc.ready.push_back(batch_of(0, 1, now));
+            }
+            acc.ready.push_back(batch_of(1, 1, now));
+        }
+        let (live, _, _) = shared.collect(now);
+        assert_eq!(live.len(), MAX_IN_FLIGHT_IDEMPOTENT + 1);
+        assert_eq!(shared.acc().ready.len(), 2);
+        // Completing the oldest lets one more through, with the next sequence.
+        let mut live = live.into_iter();
+        let first = live.next().expect("batch");
+        shared.complete(first, 0, -1);
+        let (more, _, _) = shared.collect(now);
+        assert_eq!(base_sequences(&more), vec![(0, 5)]);
+    }
+
+    #[test]
+    fn retry_waits_for_earlier_batches_and_holds_new_ones() {
+        let shared = idempotent_shared();
+        let now = Instant::now();
+        {
+            let mut acc = shared.acc();
+            for _ in 0..3 {
+                acc.ready.push_back(batch_of(0, 2, now));
+            }
+        }
+        let (live, _, _) = shared.collect(now);
+        let mut live = live.into_iter();
+        let (b0, b1, b2) = (
+            live.next().expect("b0"),
+            live.next().expect("b1"),
+            live.next().expect("b2"),
+        );
+        // The second batch fails retriably while the first is still in flight.
+        shared.retry_or_fail(b1, ClientError::kafka(56, None));
+        shared.acc().ready.push_back(batch_of(0, 1, now));
+        let later = now + Duration::from_secs(1);
+        let (out, _, _) = shared.collect(later);
+        assert!(
+            out.is_empty(),
+            "retry must wait for batch 0, new batches for the retry"
+        );
+        // The first completes: the retry goes out with its old sequence; the new batch
+        // follows it, after the third.
+        shared.complete(b0, 0, -1);
+        let (out, _, _) = shared.collect(later);
+        assert_eq!(base_sequences(&out), vec![(0, 2), (0, 6)]);
+        assert_eq!(out[0].attempts, 0);
+        drop(b2);
+    }
+
     /// A `Shared` whose cluster is never contacted.
     async fn test_shared() -> Shared {
+        test_shared_sync()
+    }
+
+    fn test_shared_sync() -> Shared {
         let (outstanding, _) = watch::channel(4u64);
         Shared {
             config: ProducerConfig::default(),
+            identity: None,
             cluster: Cluster::offline("unused:0"),
             acc: Mutex::default(),
             wake: Notify::new(),

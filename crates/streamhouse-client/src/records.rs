@@ -98,7 +98,8 @@ pub struct ConsumedRecord {
 /// Offsets are batch-relative (`index`); the broker assigns the real base offset. The
 /// sequence is `index - 1` so that the encoder, which groups records into one batch only
 /// while `offset - sequence` stays constant, keeps the whole batch together and writes a
-/// base sequence of -1 (no idempotence).
+/// base sequence of -1 (no idempotence). An idempotent producer overwrites producer id,
+/// epoch and sequence (`base + index`, same constant difference) when it drains the batch.
 pub(crate) fn to_wire_record(rec: &ProducerRecord, index: i32, timestamp: i64) -> Record {
     let headers: IndexMap<StrBytes, Option<Bytes>> = rec
         .headers

@@ -227,6 +227,7 @@ async fn acks_zero_resolves_without_offset() -> Result<()> {
         &fake.addr,
         ProducerConfig {
             acks: 0,
+            enable_idempotence: false,
             ..config()
         },
     )
