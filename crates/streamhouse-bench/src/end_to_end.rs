@@ -79,7 +79,8 @@ pub fn latency_us(sent: Duration, received: Duration) -> u64 {
     u64::try_from(us).unwrap_or(u64::MAX).max(1)
 }
 
-/// Sends `cfg.records` records at `cfg.rate` records/s to `cfg.topic` while one member of a
+/// Sends `cfg.records` records at `cfg.rate` records/s (shared by `cfg.producers` producers)
+/// to `cfg.topic` while one member of a
 /// new consumer group (subscribed before the first send, reading from the latest offset)
 /// receives them; reports send-to-receive latency per record and the throughput seen by the
 /// consumer. Offsets received must be gap-free and unique per partition.
@@ -130,20 +131,26 @@ pub async fn run_end_to_end(cfg: &BenchConfig) -> Result<BenchReport, BenchError
         }
     }
 
-    let producer = Producer::new(
-        &cfg.bootstrap,
-        ProducerConfig {
-            acks: cfg.acks,
-            linger: cfg.linger,
-            batch_size: cfg.batch_size,
-            max_in_flight: cfg.max_in_flight,
-            buffer_memory: cfg.buffer_memory,
-            enable_idempotence: cfg.idempotence,
-            ..ProducerConfig::default()
-        },
-    )
-    .await
-    .map_err(setup("create producer"))?;
+    // `cfg.producers` producers share the rate, so that the offered load, not one producer's
+    // own ceiling, is what is measured.
+    let producer_config = ProducerConfig {
+        acks: cfg.acks,
+        linger: cfg.linger,
+        batch_size: cfg.batch_size,
+        max_in_flight: cfg.max_in_flight,
+        buffer_memory: cfg.buffer_memory,
+        enable_idempotence: cfg.idempotence,
+        ..ProducerConfig::default()
+    };
+    let producer_count = u64::try_from(cfg.producers.max(1)).unwrap_or(1);
+    let mut producers = Vec::new();
+    for _ in 0..producer_count {
+        producers.push(
+            Producer::new(&cfg.bootstrap, producer_config.clone())
+                .await
+                .map_err(setup("create producer"))?,
+        );
+    }
 
     let run_id = rand_run_id();
     let filler = payload(cfg.record_size);
@@ -162,40 +169,47 @@ pub async fn run_end_to_end(cfg: &BenchConfig) -> Result<BenchReport, BenchError
         }
         Ok::<u64, BenchError>(delivered)
     });
-    let topic = cfg.topic.clone();
-    let (total, rate, size) = (cfg.records, cfg.rate, cfg.record_size);
-    let sender = tokio::spawn(async move {
-        let mut sent = 0u64;
-        while sent < total {
-            let due = records_due(start.elapsed(), rate).min(total);
-            while sent < due {
-                let value = stamped_value(run_id, scheduled_at(sent, rate), &filler, size);
-                let record = ProducerRecord {
-                    topic: topic.clone(),
-                    value: Some(value),
-                    ..ProducerRecord::default()
-                };
-                let handle =
-                    producer
-                        .send(record)
-                        .await
-                        .map_err(|source| BenchError::Delivery {
-                            delivered: sent,
-                            source,
-                        })?;
-                if handles_tx.send(handle).is_err() {
-                    return Ok(sent); // a delivery failed; the collector reports it
+    let mut tasks = vec![Some(deliveries)];
+    for (k, producer) in (0u64..).zip(producers) {
+        // Producer k sends its share of the records at its share of the rate.
+        let total = cfg.records / producer_count + u64::from(k < cfg.records % producer_count);
+        let rate = (cfg.rate / producer_count).max(1);
+        let (topic, filler, size) = (cfg.topic.clone(), filler.clone(), cfg.record_size);
+        let handles_tx = handles_tx.clone();
+        tasks.push(Some(tokio::spawn(async move {
+            let mut sent = 0u64;
+            while sent < total {
+                let due = records_due(start.elapsed(), rate).min(total);
+                while sent < due {
+                    let value = stamped_value(run_id, scheduled_at(sent, rate), &filler, size);
+                    let record = ProducerRecord {
+                        topic: topic.clone(),
+                        value: Some(value),
+                        ..ProducerRecord::default()
+                    };
+                    let handle =
+                        producer
+                            .send(record)
+                            .await
+                            .map_err(|source| BenchError::Delivery {
+                                delivered: sent,
+                                source,
+                            })?;
+                    if handles_tx.send(handle).is_err() {
+                        return Ok(sent); // a delivery failed; the collector reports it
+                    }
+                    sent += 1;
                 }
-                sent += 1;
+                if sent < total {
+                    tokio::time::sleep_until(start + scheduled_at(sent, rate)).await;
+                }
             }
-            if sent < total {
-                tokio::time::sleep_until(start + scheduled_at(sent, rate)).await;
-            }
-        }
-        drop(handles_tx);
-        let _ = producer.flush().await;
-        Ok::<u64, BenchError>(sent)
-    });
+            drop(handles_tx);
+            let _ = producer.flush().await;
+            Ok::<u64, BenchError>(sent)
+        })));
+    }
+    drop(handles_tx);
 
     let mut latency = latency_histogram();
     let mut checker = OffsetChecker::new();
@@ -203,7 +217,6 @@ pub async fn run_end_to_end(cfg: &BenchConfig) -> Result<BenchReport, BenchError
     let mut bytes = 0u64;
     let mut last_progress = Instant::now();
     let mut failure = None;
-    let mut tasks = vec![Some(sender), Some(deliveries)];
     while received < cfg.records {
         // A task that ended early must have failed: stop the run with its error.
         if let Some(e) = reap_failed(&mut tasks).await {
@@ -231,7 +244,7 @@ pub async fn run_end_to_end(cfg: &BenchConfig) -> Result<BenchReport, BenchError
             }
             latency.saturating_record(latency_us(sent, now));
             checker.record(r.partition, r.offset);
-            bytes = bytes.saturating_add(u64::try_from(size).unwrap_or(u64::MAX));
+            bytes = bytes.saturating_add(u64::try_from(cfg.record_size).unwrap_or(u64::MAX));
             n += 1;
         }
         if n > 0 {
