@@ -20,7 +20,7 @@ pub enum MetadataError {
     Migration(#[source] sqlx::migrate::MigrateError),
     #[error("corrupt metadata: {message}")]
     Corrupt { message: String },
-    #[error("unsupported metadata URL {url:?} (expected sqlite://…)")]
+    #[error("unsupported metadata URL {url:?} (expected sqlite://… or postgres://…)")]
     UnsupportedUrl { url: String },
 }
 

@@ -4,13 +4,16 @@
 //! - [`types`]: newtypes and records shared across crates.
 //! - [`error`]: the store's error type.
 //! - [`topic_config`]: the topic configs we implement, parsed and validated.
-//! - [`sqlite`]: the embedded SQLite backend.
+//! - [`sqlite`]: the embedded SQLite backend (one agent, or agents on one machine).
+//! - [`postgres`]: the PostgreSQL backend, shared by several agents (row locks in place of
+//!   SQLite's single writer).
 //!
 //! Every backend implements [`MetadataStore`] and passes the same contract suite
 //! (`tests/contract.rs`). Times (heartbeats, lease expiry) come from the store's clock, never
 //! from an agent's, so agents with skewed clocks still agree on who holds a lease.
 
 pub mod error;
+pub mod postgres;
 pub mod sqlite;
 pub mod topic_config;
 pub mod types;
@@ -172,10 +175,14 @@ pub trait MetadataStore: Send + Sync + std::fmt::Debug {
     async fn ping(&self) -> Result<()>;
 }
 
-/// Opens the store named by a URL: `sqlite://path/to/file.db` (created if missing).
+/// Opens the store named by a URL: `sqlite://path/to/file.db` (created if missing), or
+/// `postgres://user@host:port/db` / `postgresql://…` (see [`postgres`] for its parameters).
+/// Either is migrated to the current schema.
 pub async fn open(url: &str) -> Result<Arc<dyn MetadataStore>> {
     if url.starts_with("sqlite:") {
         Ok(Arc::new(sqlite::SqliteStore::open(url).await?))
+    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(Arc::new(postgres::PostgresStore::open(url).await?))
     } else {
         Err(MetadataError::UnsupportedUrl {
             url: url.to_string(),

@@ -1,17 +1,129 @@
-//! The contract every metadata backend must meet. Each test takes a fresh store from
-//! [`backends`], so a new backend joins by adding one line there.
+//! The contract every metadata backend must meet. Each test takes a fresh store of every
+//! backend from [`backends`] (SQLite in a temp dir, PostgreSQL in a schema of its own), so a
+//! new backend joins by adding one entry there.
+//!
+//! PostgreSQL is expected at `STREAMHOUSE_TEST_POSTGRES_URL` (default
+//! `postgres://postgres@127.0.0.1:5432/test`); the tests fail, not skip, when it is missing.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use sqlx::Connection;
 use streamhouse_metadata::*;
 
-async fn backends() -> Vec<(tempfile::TempDir, Arc<dyn MetadataStore>)> {
+const DEFAULT_POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+
+/// Keeps a backend's storage alive for the test, and removes it afterwards.
+#[allow(dead_code)] // The fields are held for their Drop.
+enum Scratch {
+    Dir(tempfile::TempDir),
+    Schema(PostgresSchema),
+}
+
+/// A schema of its own for one test, so tests in parallel processes never see each other's
+/// tables; dropped (with its tables) when the test ends.
+struct PostgresSchema {
+    server_url: String,
+    name: String,
+}
+
+impl Drop for PostgresSchema {
+    fn drop(&mut self) {
+        let (url, name) = (self.server_url.clone(), self.name.clone());
+        // Drop runs inside the test's runtime, which cannot run its own tasks while we wait
+        // here, so a store connection may still be inside a transaction (sqlx rolls back
+        // dropped transactions on a spawned task) and hold locks. End the store's sessions
+        // (their application_name is the schema's name) and then drop the schema, on a
+        // short-lived runtime of our own. Failing to drop only leaves a schema behind.
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async {
+                let Ok(mut conn) = sqlx::PgConnection::connect(&url).await else {
+                    return;
+                };
+                let _ = sqlx::query(
+                    "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity \
+                     WHERE application_name = $1",
+                )
+                .bind(&name)
+                .execute(&mut conn)
+                .await;
+                let _ = sqlx::query("SET lock_timeout = '10s'")
+                    .execute(&mut conn)
+                    .await;
+                let _ = sqlx::query(&format!("DROP SCHEMA IF EXISTS {name} CASCADE"))
+                    .execute(&mut conn)
+                    .await;
+            });
+        })
+        .join();
+    }
+}
+
+fn postgres_server_url() -> String {
+    std::env::var("STREAMHOUSE_TEST_POSTGRES_URL").unwrap_or_else(|_| DEFAULT_POSTGRES_URL.into())
+}
+
+/// Creates an empty schema on the test PostgreSQL server; returns it with a store URL whose
+/// connections use it, named by the schema's name as their `application_name`, with `extra`
+/// query parameters.
+async fn postgres_schema(extra: &str) -> (PostgresSchema, String) {
+    let server_url = postgres_server_url();
+    let connect = tokio::time::timeout(
+        Duration::from_secs(10),
+        sqlx::PgConnection::connect(&server_url),
+    )
+    .await;
+    let mut conn = match connect {
+        Ok(Ok(conn)) => conn,
+        Ok(Err(e)) => panic!(
+            "PostgreSQL at {server_url} is unreachable ({e}); the metadata contract tests \
+             need it: start it, or point STREAMHOUSE_TEST_POSTGRES_URL at one"
+        ),
+        Err(_) => panic!(
+            "PostgreSQL at {server_url} did not answer within 10 s; the metadata contract \
+             tests need it: start it, or point STREAMHOUSE_TEST_POSTGRES_URL at one"
+        ),
+    };
+    let name = format!("sh_{}", uuid::Uuid::new_v4().simple());
+    sqlx::query(&format!("CREATE SCHEMA {name}"))
+        .execute(&mut conn)
+        .await
+        .expect("create a test schema");
+    let separator = if server_url.contains('?') { '&' } else { '?' };
+    let url = format!(
+        "{server_url}{separator}options=-c%20search_path%3D{name}&application_name={name}{extra}"
+    );
+    (PostgresSchema { server_url, name }, url)
+}
+
+/// A fresh, empty store URL of every backend, with what keeps its storage.
+async fn backend_urls() -> Vec<(Scratch, String)> {
     let dir = tempfile::tempdir().expect("temp dir");
-    let url = format!("sqlite://{}/metadata.db", dir.path().display());
-    let store = open(&url).await.expect("open sqlite");
-    vec![(dir, store)]
+    let sqlite = format!("sqlite://{}/metadata.db", dir.path().display());
+    let (schema, postgres) = postgres_schema("").await;
+    vec![
+        (Scratch::Dir(dir), sqlite),
+        (Scratch::Schema(schema), postgres),
+    ]
+}
+
+/// A fresh, empty store of every backend.
+async fn backends() -> Vec<(Scratch, Arc<dyn MetadataStore>)> {
+    let mut stores = Vec::new();
+    for (scratch, url) in backend_urls().await {
+        let store = open(&url)
+            .await
+            .unwrap_or_else(|e| panic!("open {url}: {e:?}"));
+        stores.push((scratch, store));
+    }
+    stores
 }
 
 fn agent(id: &str) -> AgentId {
@@ -53,7 +165,7 @@ fn object(key: &str, writer: &AgentId) -> ObjectRecord {
 
 #[tokio::test]
 async fn topics_are_created_listed_and_deleted() {
-    for (_dir, store) in backends().await {
+    for (_scratch, store) in backends().await {
         let mut configs = BTreeMap::new();
         configs.insert("max.message.bytes".to_string(), "2048".to_string());
         let t = store.create_topic("orders", 3, &configs).await.unwrap();
@@ -90,7 +202,7 @@ async fn topics_are_created_listed_and_deleted() {
 
 #[tokio::test]
 async fn agents_keep_their_node_id() {
-    for (_dir, store) in backends().await {
+    for (_scratch, store) in backends().await {
         let reg = |id: &str, addr: &str| AgentRegistration {
             id: agent(id),
             advertised_addr: addr.to_string(),
@@ -110,7 +222,7 @@ async fn agents_keep_their_node_id() {
 
 #[tokio::test]
 async fn lease_epochs_grow_on_acquire_only() {
-    for (_dir, store) in backends().await {
+    for (_scratch, store) in backends().await {
         store.create_topic("t", 1, &BTreeMap::new()).await.unwrap();
         let tp = TopicPartition::new("t", 0);
         let ttl = Duration::from_secs(30);
@@ -157,7 +269,7 @@ async fn lease_epochs_grow_on_acquire_only() {
 
 #[tokio::test]
 async fn commits_are_fenced_by_epoch_and_high_watermark() {
-    for (_dir, store) in backends().await {
+    for (_scratch, store) in backends().await {
         store.create_topic("t", 2, &BTreeMap::new()).await.unwrap();
         let (p0, p1) = (TopicPartition::new("t", 0), TopicPartition::new("t", 1));
         let ttl = Duration::from_secs(30);
@@ -267,7 +379,7 @@ async fn commits_are_fenced_by_epoch_and_high_watermark() {
 
 #[tokio::test]
 async fn a_recreated_topic_continues_lease_epochs() {
-    for (_dir, store) in backends().await {
+    for (_scratch, store) in backends().await {
         let tp = TopicPartition::new("t", 0);
         let a = agent("a");
         let ttl = Duration::from_secs(30);
@@ -290,7 +402,7 @@ async fn a_recreated_topic_continues_lease_epochs() {
 
 #[tokio::test]
 async fn group_offsets_are_stored_replaced_and_deleted() {
-    for (_dir, store) in backends().await {
+    for (_scratch, store) in backends().await {
         let offset = |topic: &str, p: i32, o: i64, meta: Option<&str>| GroupOffset {
             tp: TopicPartition::new(topic, p),
             offset: Offset(o),
@@ -336,7 +448,7 @@ async fn group_offsets_are_stored_replaced_and_deleted() {
 
 #[tokio::test]
 async fn producer_ids_are_unique_and_epochs_only_grow() {
-    for (_dir, store) in backends().await {
+    for (_scratch, store) in backends().await {
         let a = store.allocate_producer_id().await.unwrap();
         let b = store.allocate_producer_id().await.unwrap();
         assert_ne!(a, b);
@@ -392,26 +504,26 @@ async fn producer_ids_are_unique_and_epochs_only_grow() {
 
 #[tokio::test]
 async fn producer_ids_stay_unique_across_reopening() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let url = format!("sqlite://{}/metadata.db", dir.path().display());
-    let first = open(&url)
-        .await
-        .unwrap()
-        .allocate_producer_id()
-        .await
-        .unwrap();
-    let second = open(&url)
-        .await
-        .unwrap()
-        .allocate_producer_id()
-        .await
-        .unwrap();
-    assert!(second > first, "{second} after {first}");
+    for (_scratch, url) in backend_urls().await {
+        let first = open(&url)
+            .await
+            .unwrap()
+            .allocate_producer_id()
+            .await
+            .unwrap();
+        let second = open(&url)
+            .await
+            .unwrap()
+            .allocate_producer_id()
+            .await
+            .unwrap();
+        assert!(second > first, "{second} after {first}");
+    }
 }
 
 #[tokio::test]
 async fn producer_states_commit_with_the_data_and_only_with_it() {
-    for (_dir, store) in backends().await {
+    for (_scratch, store) in backends().await {
         store.create_topic("t", 2, &BTreeMap::new()).await.unwrap();
         let holder = agent("a");
         let tp = TopicPartition::new("t", 0);
@@ -512,7 +624,7 @@ async fn producer_states_commit_with_the_data_and_only_with_it() {
 
 #[tokio::test]
 async fn topics_can_be_reconfigured_grown_and_trimmed() {
-    for (_dir, store) in backends().await {
+    for (_scratch, store) in backends().await {
         store.create_topic("t", 1, &BTreeMap::new()).await.unwrap();
         let mut configs = BTreeMap::new();
         configs.insert("retention.ms".to_string(), "1000".to_string());
@@ -568,7 +680,7 @@ async fn topics_can_be_reconfigured_grown_and_trimmed() {
 
 #[tokio::test]
 async fn epoch_end_offsets_follow_the_lease_epochs_of_commits() {
-    for (_dir, store) in backends().await {
+    for (_scratch, store) in backends().await {
         store.create_topic("t", 1, &BTreeMap::new()).await.unwrap();
         let tp = TopicPartition::new("t", 0);
         let (a, b) = (agent("a"), agent("b"));
@@ -616,4 +728,198 @@ async fn epoch_end_offsets_follow_the_lease_epochs_of_commits() {
             Some((LeaseEpoch(0), Offset(0)))
         );
     }
+}
+
+/// Two agents (two stores on the same database) commit to the same partitions at the same
+/// expected high watermark at the same moment, listing the partitions in opposite orders:
+/// exactly one commit lands, the other is refused partition by partition (not failed, e.g. by
+/// a deadlock or a duplicate key), and the index still tiles the offsets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn racing_commits_at_one_high_watermark_admit_exactly_one() {
+    for (_scratch, url) in backend_urls().await {
+        let first = open(&url).await.unwrap();
+        let second = open(&url).await.unwrap();
+        first.create_topic("t", 2, &BTreeMap::new()).await.unwrap();
+        let (p0, p1) = (TopicPartition::new("t", 0), TopicPartition::new("t", 1));
+        // The same holder and epoch on both sides (a leader and its own zombie retry): only
+        // the high watermark check can keep them apart.
+        let a = agent("a");
+        let ttl = Duration::from_secs(60);
+        let e0 = first
+            .acquire_lease(&p0, &a, ttl)
+            .await
+            .unwrap()
+            .unwrap()
+            .epoch;
+        let e1 = first
+            .acquire_lease(&p1, &a, ttl)
+            .await
+            .unwrap()
+            .unwrap()
+            .epoch;
+        let rounds = 20;
+        for round in 0..rounds {
+            let barrier = Arc::new(tokio::sync::Barrier::new(2));
+            let mut tasks = Vec::new();
+            for (side, store) in [(0, first.clone()), (1, second.clone())] {
+                let key = format!("r{round}-{side}");
+                let mut shares = vec![
+                    commit_for(&a, e0, &p0, round, round + 1, &key),
+                    commit_for(&a, e1, &p1, round, round + 1, &key),
+                ];
+                if side == 1 {
+                    shares.reverse();
+                }
+                let (barrier, a) = (barrier.clone(), a.clone());
+                tasks.push(tokio::spawn(async move {
+                    barrier.wait().await;
+                    store.commit(&object(&key, &a), &shares).await
+                }));
+            }
+            let mut winners = 0;
+            for task in tasks {
+                let res = task
+                    .await
+                    .unwrap()
+                    .expect("a refused commit is not an error");
+                if res.iter().all(Result::is_ok) {
+                    winners += 1;
+                } else {
+                    assert!(
+                        res.iter()
+                            .all(|r| matches!(r, Err(CommitRejection::OffsetMismatch { .. }))),
+                        "round {round}: {res:?}"
+                    );
+                }
+            }
+            assert_eq!(winners, 1, "round {round}");
+        }
+        for tp in [&p0, &p1] {
+            let p = first.get_partition(tp).await.unwrap().unwrap();
+            assert_eq!(p.high_watermark, Offset(rounds));
+            let entries = first.find_entries(tp, Offset(0), 100).await.unwrap();
+            let ranges: Vec<_> = entries
+                .iter()
+                .map(|e| (e.base_offset.0, e.end_offset.0))
+                .collect();
+            assert_eq!(ranges, (0..rounds).map(|r| (r, r + 1)).collect::<Vec<_>>());
+        }
+    }
+}
+
+/// Agents racing for the same free lease: exactly one gets it, the others get `None`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn racing_lease_acquisitions_admit_exactly_one() {
+    for (_scratch, url) in backend_urls().await {
+        let stores = [open(&url).await.unwrap(), open(&url).await.unwrap()];
+        stores[0]
+            .create_topic("t", 8, &BTreeMap::new())
+            .await
+            .unwrap();
+        for p in 0..8 {
+            let tp = TopicPartition::new("t", p);
+            let barrier = Arc::new(tokio::sync::Barrier::new(4));
+            let mut tasks = Vec::new();
+            for i in 0..4 {
+                let (store, tp, barrier) = (stores[i % 2].clone(), tp.clone(), barrier.clone());
+                tasks.push(tokio::spawn(async move {
+                    barrier.wait().await;
+                    store
+                        .acquire_lease(&tp, &agent(&format!("agent-{i}")), Duration::from_secs(60))
+                        .await
+                }));
+            }
+            let mut leases = Vec::new();
+            for task in tasks {
+                if let Some(lease) = task.await.unwrap().unwrap() {
+                    leases.push(lease);
+                }
+            }
+            assert_eq!(leases.len(), 1, "partition {p}: {leases:?}");
+            assert_eq!(leases[0].epoch, LeaseEpoch(1));
+        }
+    }
+}
+
+/// Concurrent producer id allocations and agent registrations from two stores never hand
+/// out the same id twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_allocations_hand_out_distinct_ids() {
+    for (_scratch, url) in backend_urls().await {
+        let stores = [open(&url).await.unwrap(), open(&url).await.unwrap()];
+        let mut tasks = Vec::new();
+        for i in 0..6 {
+            let store = stores[i % 2].clone();
+            tasks.push(tokio::spawn(async move {
+                let mut ids = Vec::new();
+                for _ in 0..10 {
+                    ids.push(store.allocate_producer_id().await.unwrap().0);
+                }
+                let info = store
+                    .register_agent(&AgentRegistration {
+                        id: agent(&format!("agent-{i}")),
+                        advertised_addr: format!("h:{i}"),
+                        group: "default".to_string(),
+                    })
+                    .await
+                    .unwrap();
+                (ids, info.node_id)
+            }));
+        }
+        let mut ids = Vec::new();
+        let mut node_ids = Vec::new();
+        for task in tasks {
+            let (mut some, node_id) = task.await.unwrap();
+            ids.append(&mut some);
+            node_ids.push(node_id);
+        }
+        ids.sort_unstable();
+        ids.dedup();
+        assert_eq!(ids.len(), 60);
+        node_ids.sort_unstable();
+        node_ids.dedup();
+        assert_eq!(node_ids.len(), 6);
+    }
+}
+
+/// The PostgreSQL pool replaces connections the server dropped (restart, failover, an
+/// administrator's pg_terminate_backend): the next call succeeds.
+#[tokio::test]
+async fn a_postgres_store_survives_dropped_connections() {
+    let (schema, url) = postgres_schema("").await;
+    let app = schema.name.clone();
+    let store = open(&url).await.unwrap();
+    store.create_topic("t", 1, &BTreeMap::new()).await.unwrap();
+    let mut admin = sqlx::PgConnection::connect(&postgres_server_url())
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        store.ping().await.unwrap();
+        // Wait (up to 5 s) for each backend to be gone, so the store meets dead connections.
+        let terminated: Vec<bool> = sqlx::query_scalar(
+            "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity \
+             WHERE application_name = $1",
+        )
+        .bind(&app)
+        .fetch_all(&mut admin)
+        .await
+        .unwrap();
+        assert!(!terminated.is_empty() && terminated.iter().all(|t| *t));
+        let topic = store.get_topic("t").await.unwrap().unwrap();
+        assert_eq!(topic.partitions, 1);
+    }
+}
+
+/// Pool settings in the URL are accepted; a nonsensical one is refused by name.
+#[tokio::test]
+async fn postgres_url_settings_are_checked() {
+    let (_schema, url) =
+        postgres_schema("&max_connections=2&statement_timeout_ms=5000&acquire_timeout_ms=5000")
+            .await;
+    open(&url).await.unwrap().ping().await.unwrap();
+    let (_schema, url) = postgres_schema("&max_connections=0").await;
+    assert!(matches!(
+        open(&url).await,
+        Err(MetadataError::Invalid { .. })
+    ));
 }
