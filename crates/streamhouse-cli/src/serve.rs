@@ -182,7 +182,7 @@ pub(crate) async fn start(
 
     let metadata = streamhouse_metadata::open(&metadata_url)
         .await
-        .with_context(|| format!("cannot open metadata store {metadata_url}"))?;
+        .with_context(|| format!("cannot open metadata store {}", redact(&metadata_url)))?;
     let storage = ObjectStorage::open(&object_store_url, args.cache_max_bytes)
         .with_context(|| format!("cannot open object store {object_store_url}"))?;
     let config = AgentConfig {
@@ -221,7 +221,7 @@ pub(crate) async fn start(
         shutdown.clone(),
     ));
     let agent_task = tokio::spawn(agent.clone().run(shutdown.clone()));
-    info!(kafka = %bound, advertised = %advertised, metadata = %metadata_url, objects = %object_store_url, "streamhouse is serving");
+    info!(kafka = %bound, advertised = %advertised, metadata = %redact(&metadata_url), objects = %object_store_url, "streamhouse is serving");
     Ok(Running {
         agent,
         kafka_addr: bound,
@@ -257,6 +257,25 @@ async fn signal_to_cancel(shutdown: CancellationToken) {
     shutdown.cancel();
 }
 
+/// A URL fit for logs: any password in its user info is replaced by `***`.
+fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let (authority, path) = match rest.find('/') {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
+            let hidden = if userinfo.contains(':') { ":***" } else { "" };
+            format!("{scheme}://{user}{hidden}@{host}{path}")
+        }
+        None => url.to_string(),
+    }
+}
+
 /// The agent id kept in `<data-dir>/agent-id`, created on first start.
 fn stable_agent_id(data_dir: &Path) -> anyhow::Result<String> {
     let path = data_dir.join("agent-id");
@@ -268,5 +287,20 @@ fn stable_agent_id(data_dir: &Path) -> anyhow::Result<String> {
                 .with_context(|| format!("cannot write {}", path.display()))?;
             Ok(id)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    #[test]
+    fn passwords_never_reach_the_logs() {
+        assert_eq!(
+            redact("postgres://app:s3cret@db:5432/test?x=1"),
+            "postgres://app:***@db:5432/test?x=1"
+        );
+        assert_eq!(redact("postgres://app@db/test"), "postgres://app@db/test");
+        assert_eq!(redact("sqlite:///tmp/m.db"), "sqlite:///tmp/m.db");
     }
 }
