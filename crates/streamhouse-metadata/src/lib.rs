@@ -3,6 +3,7 @@
 //!
 //! - [`types`]: newtypes and records shared across crates.
 //! - [`error`]: the store's error type.
+//! - `fence`: the commit checks every backend applies (lease epoch, expected high watermark).
 //! - [`topic_config`]: the topic configs we implement, parsed and validated.
 //! - [`sqlite`]: the embedded SQLite backend (one agent, or agents on one machine).
 //! - [`postgres`]: the PostgreSQL backend, shared by several agents (row locks in place of
@@ -13,6 +14,7 @@
 //! from an agent's, so agents with skewed clocks still agree on who holds a lease.
 
 pub mod error;
+mod fence;
 pub mod postgres;
 pub mod sqlite;
 pub mod topic_config;

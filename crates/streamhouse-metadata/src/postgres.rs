@@ -669,37 +669,20 @@ impl MetadataStore for PostgresStore {
         for commit in partitions {
             let entry = &commit.entry;
             let tp = &entry.tp;
-            if entry.base_offset != commit.expected_high_watermark
-                || entry.end_offset <= entry.base_offset
-            {
-                results.push(Err(CommitRejection::InvalidRange(tp.clone())));
+            let current = locked
+                .get(&(tp.topic.clone(), tp.partition.0))
+                .map(|state| crate::fence::Current {
+                    high_watermark: Offset(state.high_watermark),
+                    holder: state.holder.as_deref(),
+                    epoch: LeaseEpoch(state.epoch),
+                });
+            if let Err(rejection) = crate::fence::check(commit, current) {
+                results.push(Err(rejection));
                 continue;
             }
             let Some(state) = locked.get_mut(&(tp.topic.clone(), tp.partition.0)) else {
-                results.push(Err(CommitRejection::UnknownPartition(tp.clone())));
-                continue;
+                continue; // checked just above
             };
-            // The fence: only the holder of the current epoch may append. Expiry alone does
-            // not fence: until someone else acquires the lease (and bumps the epoch), the
-            // holder's appends cannot conflict with anyone's.
-            if state.holder.as_deref() != Some(commit.holder.0.as_str())
-                || LeaseEpoch(state.epoch) != commit.epoch
-            {
-                results.push(Err(CommitRejection::Fenced {
-                    tp: tp.clone(),
-                    holder: state.holder.clone().map(AgentId),
-                    epoch: LeaseEpoch(state.epoch),
-                }));
-                continue;
-            }
-            if Offset(state.high_watermark) != commit.expected_high_watermark {
-                results.push(Err(CommitRejection::OffsetMismatch {
-                    tp: tp.clone(),
-                    expected: commit.expected_high_watermark,
-                    actual: Offset(state.high_watermark),
-                }));
-                continue;
-            }
             sqlx::query(
                 "INSERT INTO index_entries (topic, partition_id, base_offset, end_offset, object_key, \
                  byte_start, byte_len, max_timestamp, leader_epoch) \

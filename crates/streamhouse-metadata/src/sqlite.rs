@@ -470,12 +470,6 @@ impl MetadataStore for SqliteStore {
         for commit in partitions {
             let entry = &commit.entry;
             let tp = &entry.tp;
-            if entry.base_offset != commit.expected_high_watermark
-                || entry.end_offset <= entry.base_offset
-            {
-                results.push(Err(CommitRejection::InvalidRange(tp.clone())));
-                continue;
-            }
             let row = sqlx::query(
                 "SELECT p.high_watermark, l.holder, l.epoch FROM partitions p \
                  LEFT JOIN leases l ON l.topic = p.topic AND l.partition_id = p.partition_id \
@@ -486,37 +480,19 @@ impl MetadataStore for SqliteStore {
             .fetch_optional(&mut *tx)
             .await
             .map_err(MetadataError::db("read partition for commit"))?;
-            let Some(row) = row else {
-                results.push(Err(CommitRejection::UnknownPartition(tp.clone())));
-                continue;
-            };
-            let high_watermark = Offset(row.get("high_watermark"));
-            let lease_holder: Option<String> = row.get("holder");
-            let lease_epoch = LeaseEpoch(
-                row.try_get::<Option<i64>, _>("epoch")
-                    .ok()
-                    .flatten()
-                    .unwrap_or(0),
-            );
-            // The fence: only the holder of the current epoch may append. Expiry alone does
-            // not fence: until someone else acquires the lease (and bumps the epoch), the
-            // holder's appends cannot conflict with anyone's.
-            if lease_holder.as_deref() != Some(commit.holder.0.as_str())
-                || lease_epoch != commit.epoch
-            {
-                results.push(Err(CommitRejection::Fenced {
-                    tp: tp.clone(),
-                    holder: lease_holder.map(AgentId),
-                    epoch: lease_epoch,
-                }));
-                continue;
-            }
-            if high_watermark != commit.expected_high_watermark {
-                results.push(Err(CommitRejection::OffsetMismatch {
-                    tp: tp.clone(),
-                    expected: commit.expected_high_watermark,
-                    actual: high_watermark,
-                }));
+            let holder: Option<String> = row.as_ref().and_then(|r| r.get("holder"));
+            let current = row.as_ref().map(|r| crate::fence::Current {
+                high_watermark: Offset(r.get("high_watermark")),
+                holder: holder.as_deref(),
+                epoch: LeaseEpoch(
+                    r.try_get::<Option<i64>, _>("epoch")
+                        .ok()
+                        .flatten()
+                        .unwrap_or(0),
+                ),
+            });
+            if let Err(rejection) = crate::fence::check(commit, current) {
+                results.push(Err(rejection));
                 continue;
             }
             sqlx::query(
