@@ -9,7 +9,7 @@ use anyhow::{bail, Context};
 use clap::Args;
 use streamhouse_agent::{Agent, AgentConfig};
 use streamhouse_metadata::AgentId;
-use streamhouse_storage::ObjectStorage;
+use streamhouse_storage::{ObjectStorage, S3Options};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
@@ -30,6 +30,22 @@ pub(crate) struct ServeArgs {
     /// Object store URL [default: file://<data-dir>/objects].
     #[arg(long, env = "STREAMHOUSE_OBJECT_STORE_URL")]
     pub(crate) object_store_url: Option<String>,
+    /// Endpoint of an S3-compatible server for s3:// object stores (e.g. http://127.0.0.1:9000)
+    /// [default: AWS_ENDPOINT_URL, else AWS S3].
+    #[arg(long, env = "STREAMHOUSE_S3_ENDPOINT")]
+    pub(crate) s3_endpoint: Option<String>,
+    /// Region for s3:// object stores [default: AWS_REGION, else us-east-1].
+    #[arg(long, env = "STREAMHOUSE_S3_REGION")]
+    pub(crate) s3_region: Option<String>,
+    /// Access key id for s3:// object stores [default: AWS_ACCESS_KEY_ID].
+    #[arg(long, env = "STREAMHOUSE_S3_ACCESS_KEY_ID")]
+    pub(crate) s3_access_key_id: Option<String>,
+    /// Secret access key for s3:// object stores [default: AWS_SECRET_ACCESS_KEY]. Never logged.
+    #[arg(long, env = "STREAMHOUSE_S3_SECRET_ACCESS_KEY", hide_env_values = true)]
+    pub(crate) s3_secret_access_key: Option<Secret>,
+    /// Allow a plain http:// S3 endpoint (when not given, AWS_ALLOW_HTTP decides).
+    #[arg(long, env = "STREAMHOUSE_S3_ALLOW_HTTP", default_value_t = false)]
+    pub(crate) s3_allow_http: bool,
     /// Address the Kafka listener binds (port 0 picks a free port).
     #[arg(long, env = "STREAMHOUSE_KAFKA_ADDR", default_value = "127.0.0.1:9092")]
     pub(crate) kafka_addr: String,
@@ -183,7 +199,14 @@ pub(crate) async fn start(
     let metadata = streamhouse_metadata::open(&metadata_url)
         .await
         .with_context(|| format!("cannot open metadata store {}", redact(&metadata_url)))?;
-    let storage = ObjectStorage::open(&object_store_url, args.cache_max_bytes)
+    let s3 = S3Options {
+        endpoint: args.s3_endpoint.clone(),
+        region: args.s3_region.clone(),
+        access_key_id: args.s3_access_key_id.clone(),
+        secret_access_key: args.s3_secret_access_key.as_ref().map(|s| s.0.clone()),
+        allow_http: args.s3_allow_http.then_some(true),
+    };
+    let storage = ObjectStorage::open_with(&object_store_url, args.cache_max_bytes, &s3)
         .with_context(|| format!("cannot open object store {object_store_url}"))?;
     let config = AgentConfig {
         agent_id: AgentId(agent_id),
@@ -257,6 +280,25 @@ async fn signal_to_cancel(shutdown: CancellationToken) {
     shutdown.cancel();
 }
 
+/// A secret flag value: usable, but printed as `***` by `Debug`, so that debug output of the
+/// flags can never leak it.
+#[derive(Clone)]
+pub(crate) struct Secret(pub(crate) String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Secret(s.to_string()))
+    }
+}
+
 /// A URL fit for logs: any password in its user info is replaced by `***`.
 fn redact(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
@@ -293,6 +335,14 @@ fn stable_agent_id(data_dir: &Path) -> anyhow::Result<String> {
 #[cfg(test)]
 mod tests {
     use super::redact;
+
+    #[test]
+    fn secrets_debug_as_stars() {
+        assert_eq!(
+            format!("{:?}", Some(super::Secret("hunter2".into()))),
+            "Some(***)"
+        );
+    }
 
     #[test]
     fn passwords_never_reach_the_logs() {

@@ -14,4 +14,4 @@ pub mod store;
 pub use batch::{BatchError, BatchHeader};
 pub use error::StorageError;
 pub use object::{ChunkLocation, ObjectBuilder};
-pub use store::ObjectStorage;
+pub use store::{ObjectStorage, S3Options};

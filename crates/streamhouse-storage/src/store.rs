@@ -21,6 +21,36 @@ pub struct StoreStats {
     pub cache_hits: AtomicU64,
 }
 
+/// Explicit settings for `s3://` object stores. Each one that is set overrides the matching
+/// `AWS_*` environment variable (`AWS_ENDPOINT_URL`, `AWS_REGION`, `AWS_ACCESS_KEY_ID`,
+/// `AWS_SECRET_ACCESS_KEY`, `AWS_ALLOW_HTTP`).
+#[derive(Clone, Default)]
+pub struct S3Options {
+    /// Endpoint of an S3-compatible server, e.g. `http://127.0.0.1:9000`.
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<String>,
+    /// Allow plain `http://` endpoints.
+    pub allow_http: Option<bool>,
+}
+
+impl std::fmt::Debug for S3Options {
+    /// Never prints the secret.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Options")
+            .field("endpoint", &self.endpoint)
+            .field("region", &self.region)
+            .field("access_key_id", &self.access_key_id)
+            .field(
+                "secret_access_key",
+                &self.secret_access_key.as_ref().map(|_| "***"),
+            )
+            .field("allow_http", &self.allow_http)
+            .finish()
+    }
+}
+
 /// The object store with its cache in front.
 #[derive(Debug, Clone)]
 pub struct ObjectStorage {
@@ -39,8 +69,18 @@ impl ObjectStorage {
     }
 
     /// Opens the store named by a URL: `file:///abs/dir` (created if missing; every write is
-    /// fsynced before it returns) or `memory://` (tests only).
+    /// fsynced before it returns), `s3://bucket[/prefix]` (configured from the `AWS_*`
+    /// environment) or `memory://` (tests only).
     pub fn open(url: &str, cache_bytes: usize) -> Result<ObjectStorage, StorageError> {
+        ObjectStorage::open_with(url, cache_bytes, &S3Options::default())
+    }
+
+    /// [`ObjectStorage::open`], with explicit `s3://` settings that override the environment.
+    pub fn open_with(
+        url: &str,
+        cache_bytes: usize,
+        s3: &S3Options,
+    ) -> Result<ObjectStorage, StorageError> {
         let unsupported = |reason: &str| StorageError::UnsupportedUrl {
             url: url.to_string(),
             reason: reason.to_string(),
@@ -55,10 +95,42 @@ impl ObjectStorage {
                 .map_err(|e| unsupported(&e.to_string()))?
                 .with_fsync(true);
             Arc::new(local)
+        } else if let Some(rest) = url.strip_prefix("s3://") {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            if bucket.is_empty() {
+                return Err(unsupported("no bucket given"));
+            }
+            let mut builder = object_store::aws::AmazonS3Builder::from_env()
+                .with_bucket_name(bucket)
+                .with_virtual_hosted_style_request(false);
+            if let Some(endpoint) = &s3.endpoint {
+                builder = builder.with_endpoint(endpoint);
+            }
+            if let Some(region) = &s3.region {
+                builder = builder.with_region(region);
+            }
+            if let Some(key) = &s3.access_key_id {
+                builder = builder.with_access_key_id(key);
+            }
+            if let Some(secret) = &s3.secret_access_key {
+                builder = builder.with_secret_access_key(secret);
+            }
+            if let Some(allow_http) = s3.allow_http {
+                builder = builder.with_allow_http(allow_http);
+            }
+            let s3_store = builder.build().map_err(|e| unsupported(&e.to_string()))?;
+            let prefix = prefix.trim_matches('/');
+            if prefix.is_empty() {
+                Arc::new(s3_store)
+            } else {
+                Arc::new(object_store::prefix::PrefixStore::new(s3_store, prefix))
+            }
         } else if url == "memory://" {
             Arc::new(object_store::memory::InMemory::new())
         } else {
-            return Err(unsupported("expected file://DIR or memory://"));
+            return Err(unsupported(
+                "expected file://DIR, s3://BUCKET[/PREFIX] or memory://",
+            ));
         };
         Ok(ObjectStorage::new(store, cache_bytes))
     }

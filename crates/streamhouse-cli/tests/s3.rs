@@ -1,0 +1,263 @@
+//! `--object-store-url s3://bucket/prefix` against a real S3 server: `s3s-fs` (from
+//! crates.io; `scripts/test` installs it when missing).
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use streamhouse_client::{
+    Admin, Consumer, ConsumerConfig, OffsetSpec, Producer, ProducerConfig, ProducerRecord,
+};
+use streamhouse_testing::{temp_dir, ServerProcess};
+
+const BIN: &str = env!("CARGO_BIN_EXE_streamhouse");
+const ACCESS_KEY: &str = "streamhouse-test";
+const SECRET_KEY: &str = "streamhouse-test-secret";
+
+/// An `s3s-fs` process serving `root` (one directory per bucket); killed on drop.
+struct S3Server {
+    child: Child,
+    endpoint: String,
+}
+
+impl S3Server {
+    fn start(root: &Path) -> S3Server {
+        let port = {
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            listener.local_addr().unwrap().port()
+        };
+        let child = Command::new("s3s-fs")
+            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--access-key", ACCESS_KEY, "--secret-key", SECRET_KEY])
+            .arg(root)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot start s3s-fs ({e}). This test needs it on PATH; scripts/test installs \
+                     it, or run: cargo install s3s-fs --version 0.14.1 --features binary --locked"
+                )
+            });
+        let mut server = S3Server {
+            child,
+            endpoint: format!("http://127.0.0.1:{port}"),
+        };
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+            if let Ok(Some(status)) = server.child.try_wait() {
+                panic!("s3s-fs exited before accepting connections: {status}");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "s3s-fs did not accept connections on {addr}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        server
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for entry in entries {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(files_under(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
+
+async fn read_everything(addr: &str, topic: &str, partitions: i32) -> HashMap<(i32, i64), Bytes> {
+    let mut consumer = Consumer::new(addr, ConsumerConfig::default())
+        .await
+        .unwrap();
+    consumer
+        .assign(topic, (0..partitions).collect(), OffsetSpec::Earliest)
+        .await
+        .unwrap();
+    let mut out = HashMap::new();
+    let mut idle = 0;
+    while idle < 3 {
+        let records = consumer.poll(Duration::from_millis(300)).await.unwrap();
+        if records.is_empty() {
+            idle += 1;
+        }
+        for r in records {
+            assert!(
+                out.insert((r.partition, r.offset), r.value.unwrap())
+                    .is_none(),
+                "offset {}/{} read twice",
+                r.partition,
+                r.offset
+            );
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_round_trip_through_s3_and_survive_kill_9() {
+    let s3_root = temp_dir();
+    std::fs::create_dir(s3_root.path().join("bucket")).unwrap();
+    let s3 = S3Server::start(s3_root.path());
+    let s3_args = [
+        "--object-store-url",
+        "s3://bucket/prefix",
+        "--s3-endpoint",
+        s3.endpoint.as_str(),
+        "--s3-region",
+        "us-east-1",
+        "--s3-access-key-id",
+        ACCESS_KEY,
+        "--s3-secret-access-key",
+        SECRET_KEY,
+        "--s3-allow-http",
+    ];
+
+    let dir = temp_dir();
+    let mut server = ServerProcess::start(Path::new(BIN), dir.path(), &s3_args);
+    assert!(
+        !server.log().contains(SECRET_KEY),
+        "the S3 secret reached the log"
+    );
+    let admin = Admin::connect(&server.kafka_addr).await.unwrap();
+    admin.create_topic("s3topic", 2, &[]).await.unwrap();
+    let producer = Producer::new(
+        &server.kafka_addr,
+        ProducerConfig {
+            acks: -1,
+            linger: Duration::from_millis(1),
+            ..ProducerConfig::default()
+        },
+    )
+    .await
+    .unwrap();
+    let mut acked = Vec::new();
+    for round in 0..5 {
+        let mut handles = Vec::new();
+        for i in 0..200u32 {
+            let value = Bytes::from(format!("s3-record-{round}-{i}"));
+            let handle = producer
+                .send(ProducerRecord::new("s3topic", value.clone()))
+                .await
+                .unwrap();
+            handles.push((handle, value));
+        }
+        for (handle, value) in handles {
+            let meta = handle.wait_offset().await.unwrap();
+            acked.push((meta.partition, meta.offset, value));
+        }
+    }
+    assert_eq!(acked.len(), 1_000);
+
+    let check = |stored: &HashMap<(i32, i64), Bytes>, when: &str| {
+        assert_eq!(stored.len(), acked.len(), "records read back {when}");
+        for (partition, offset, value) in &acked {
+            assert_eq!(
+                stored.get(&(*partition, *offset)),
+                Some(value),
+                "acknowledged record {partition}/{offset} lost or changed {when}"
+            );
+        }
+    };
+    check(
+        &read_everything(&server.kafka_addr, "s3topic", 2).await,
+        "before the kill",
+    );
+
+    // The objects are files of the bucket directory, under the prefix.
+    let objects = files_under(&s3_root.path().join("bucket/prefix/data"));
+    let object_files: Vec<_> = objects
+        .iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "sho"))
+        .collect();
+    assert!(
+        !object_files.is_empty(),
+        "no objects under bucket/prefix/data: {objects:?}"
+    );
+    assert!(
+        files_under(&dir.path().join("objects")).is_empty(),
+        "objects were written locally instead of to S3"
+    );
+
+    // After kill -9 and a restart without a cache every read is a ranged GET from S3.
+    server.kill9();
+    let mut args = s3_args.to_vec();
+    args.extend(["--cache-max-bytes", "0"]);
+    let server = ServerProcess::start(Path::new(BIN), dir.path(), &args);
+    check(
+        &read_everything(&server.kafka_addr, "s3topic", 2).await,
+        "after kill -9 and restart",
+    );
+    let admin = Admin::connect(&server.kafka_addr).await.unwrap();
+    let mut total = 0;
+    for partition in 0..2 {
+        total += admin
+            .list_offsets("s3topic", partition, OffsetSpec::Latest)
+            .await
+            .unwrap();
+    }
+    assert_eq!(total, 1_000, "high watermarks after restart");
+}
+
+/// Create-only puts hold on S3 too (`If-None-Match: *`), and ranged gets read back.
+#[tokio::test]
+async fn s3_objects_are_create_only() {
+    use streamhouse_storage::{ObjectStorage, S3Options, StorageError};
+    let s3_root = temp_dir();
+    std::fs::create_dir(s3_root.path().join("bucket")).unwrap();
+    let s3 = S3Server::start(s3_root.path());
+    let options = S3Options {
+        endpoint: Some(s3.endpoint.clone()),
+        region: Some("us-east-1".into()),
+        access_key_id: Some(ACCESS_KEY.into()),
+        secret_access_key: Some(SECRET_KEY.into()),
+        allow_http: Some(true),
+    };
+    assert!(!format!("{options:?}").contains(SECRET_KEY));
+    let storage = ObjectStorage::open_with("s3://bucket/some/prefix", 0, &options).unwrap();
+    storage
+        .put_new("a/b.obj", Bytes::from_static(b"hello world"))
+        .await
+        .unwrap();
+    assert_eq!(
+        std::fs::read(s3_root.path().join("bucket/some/prefix/a/b.obj")).unwrap(),
+        b"hello world"
+    );
+    assert!(matches!(
+        storage
+            .put_new("a/b.obj", Bytes::from_static(b"other"))
+            .await,
+        Err(StorageError::AlreadyExists { .. })
+    ));
+    assert_eq!(
+        storage.read_range("a/b.obj", 6..11).await.unwrap(),
+        Bytes::from_static(b"world")
+    );
+    assert!(matches!(
+        storage.read_range("missing", 0..1).await,
+        Err(StorageError::NotFound { .. })
+    ));
+    assert!(matches!(
+        ObjectStorage::open_with("s3://", 0, &options),
+        Err(StorageError::UnsupportedUrl { .. })
+    ));
+}
