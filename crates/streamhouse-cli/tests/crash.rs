@@ -1,45 +1,14 @@
 //! Durability: an acknowledged record survives SIGKILL at any moment.
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use streamhouse_client::{
-    Admin, Consumer, ConsumerConfig, OffsetSpec, Producer, ProducerConfig, ProducerRecord,
-};
-use streamhouse_testing::{temp_dir, ServerProcess};
+use streamhouse_client::{Admin, OffsetSpec, Producer, ProducerConfig, ProducerRecord};
+use streamhouse_testing::{read_everything, temp_dir, ServerProcess};
 
 const BIN: &str = env!("CARGO_BIN_EXE_streamhouse");
-
-async fn read_everything(addr: &str, topic: &str, partitions: i32) -> HashMap<(i32, i64), Bytes> {
-    let mut consumer = Consumer::new(addr, ConsumerConfig::default())
-        .await
-        .unwrap();
-    consumer
-        .assign(topic, (0..partitions).collect(), OffsetSpec::Earliest)
-        .await
-        .unwrap();
-    let mut out = HashMap::new();
-    let mut idle = 0;
-    while idle < 3 {
-        let records = consumer.poll(Duration::from_millis(300)).await.unwrap();
-        if records.is_empty() {
-            idle += 1;
-        }
-        for r in records {
-            assert!(
-                out.insert((r.partition, r.offset), r.value.unwrap())
-                    .is_none(),
-                "offset {}/{} read twice",
-                r.partition,
-                r.offset
-            );
-        }
-    }
-    out
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_records_survive_kill_9() {

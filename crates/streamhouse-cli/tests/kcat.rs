@@ -238,24 +238,11 @@ async fn all_four_compression_codecs_pass_through_untouched() {
         assert_eq!(out, expected, "codec {name}");
         // The object holds the producer's bytes: the batch is stored compressed, unchanged
         // but for the base offset and leader epoch the agent sets (bytes 0..8 and 12..16).
-        let stored = walk(&dir.path().join("objects"))
+        let stored = streamhouse_testing::files_under(&dir.path().join("objects"))
             .into_iter()
             .map(|p| std::fs::read(p).unwrap())
             .find(|o| o.windows(batch.len() - 16).any(|w| w == &batch[16..]))
             .is_some();
         assert!(stored, "{name} batch stored byte for byte");
     }
-}
-
-fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            out.extend(walk(&path));
-        } else {
-            out.push(path);
-        }
-    }
-    out
 }

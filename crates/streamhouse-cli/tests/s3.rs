@@ -3,15 +3,13 @@
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use streamhouse_client::{
-    Admin, Consumer, ConsumerConfig, OffsetSpec, Producer, ProducerConfig, ProducerRecord,
-};
-use streamhouse_testing::{temp_dir, ServerProcess};
+use streamhouse_client::{Admin, OffsetSpec, Producer, ProducerConfig, ProducerRecord};
+use streamhouse_testing::{files_under, read_everything, temp_dir, ServerProcess};
 
 const BIN: &str = env!("CARGO_BIN_EXE_streamhouse");
 const ACCESS_KEY: &str = "streamhouse-test";
@@ -67,50 +65,6 @@ impl Drop for S3Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn files_under(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return out;
-    };
-    for entry in entries {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            out.extend(files_under(&path));
-        } else {
-            out.push(path);
-        }
-    }
-    out
-}
-
-async fn read_everything(addr: &str, topic: &str, partitions: i32) -> HashMap<(i32, i64), Bytes> {
-    let mut consumer = Consumer::new(addr, ConsumerConfig::default())
-        .await
-        .unwrap();
-    consumer
-        .assign(topic, (0..partitions).collect(), OffsetSpec::Earliest)
-        .await
-        .unwrap();
-    let mut out = HashMap::new();
-    let mut idle = 0;
-    while idle < 3 {
-        let records = consumer.poll(Duration::from_millis(300)).await.unwrap();
-        if records.is_empty() {
-            idle += 1;
-        }
-        for r in records {
-            assert!(
-                out.insert((r.partition, r.offset), r.value.unwrap())
-                    .is_none(),
-                "offset {}/{} read twice",
-                r.partition,
-                r.offset
-            );
-        }
-    }
-    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

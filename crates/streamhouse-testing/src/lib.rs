@@ -267,3 +267,59 @@ fn encode_batch(
 pub fn temp_dir() -> tempfile::TempDir {
     tempfile::tempdir().expect("temp dir")
 }
+
+/// Every file below `dir`, recursively (none if `dir` does not exist).
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for entry in entries {
+        let path = entry.expect("read directory entry").path();
+        if path.is_dir() {
+            out.extend(files_under(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
+
+/// Reads partitions `0..partitions` of `topic` from the beginning until three polls in a row
+/// bring nothing; returns each record's value by (partition, offset). Panics if an offset is
+/// read twice.
+pub async fn read_everything(
+    addr: &str,
+    topic: &str,
+    partitions: i32,
+) -> std::collections::HashMap<(i32, i64), Bytes> {
+    use streamhouse_client::{Consumer, ConsumerConfig, OffsetSpec};
+    let mut consumer = Consumer::new(addr, ConsumerConfig::default())
+        .await
+        .expect("consumer");
+    consumer
+        .assign(topic, (0..partitions).collect(), OffsetSpec::Earliest)
+        .await
+        .expect("assign");
+    let mut out = std::collections::HashMap::new();
+    let mut idle = 0;
+    while idle < 3 {
+        let records = consumer
+            .poll(Duration::from_millis(300))
+            .await
+            .expect("poll");
+        if records.is_empty() {
+            idle += 1;
+        }
+        for r in records {
+            let value = r.value.unwrap_or_default();
+            assert!(
+                out.insert((r.partition, r.offset), value).is_none(),
+                "offset {}/{} read twice",
+                r.partition,
+                r.offset
+            );
+        }
+    }
+    out
+}
