@@ -64,11 +64,8 @@ impl Agent {
                 MetadataError::Invalid { .. } => AgentError::InvalidPartitions { partitions },
                 e => not_found(topic)(e),
             })?;
-        for p in current..partitions {
-            let tp = TopicPartition::new(topic, p);
-            if let Err(e) = self.ensure_led(&tp).await {
-                warn!(%tp, error = %e, "could not lease a new partition");
-            }
+        if let Err(e) = self.balance().await {
+            warn!(topic, error = %crate::agent::error_chain(&e), "could not lease new partitions");
         }
         info!(topic, from = current, to = partitions, "partitions added");
         Ok(())

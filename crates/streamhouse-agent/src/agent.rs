@@ -15,7 +15,7 @@ use bytes::{Bytes, BytesMut};
 use streamhouse_metadata::{
     validate_topic_name, AgentInfo, AgentRegistration, CommitRejection, IndexEntry, MetadataError,
     MetadataStore, ObjectRecord, Offset, PartitionCommit, ProducerId, ProducerState, TimestampType,
-    Topic, TopicConfig, TopicPartition,
+    Topic, TopicConfig, TopicPartition, AGENT_GROUP_CONFIG,
 };
 use streamhouse_storage::batch::{self, BatchSpan};
 use streamhouse_storage::{ObjectBuilder, ObjectStorage};
@@ -99,6 +99,11 @@ pub(crate) struct State {
     pending: Pending,
     /// The id of the next idempotent batch appended (see [`PendingBatch::idem`]).
     next_batch_id: u64,
+    /// Whether the last balance round found no other live agent in this agent's group
+    /// (then partitions are also acquired on demand). True until the first round.
+    pub(crate) alone_in_group: bool,
+    /// The live agents of this agent's group (itself included), from the last balance round.
+    pub(crate) group_agents: Vec<AgentInfo>,
 }
 
 impl State {
@@ -162,7 +167,7 @@ impl State {
 
     /// Stops leading `tp`; retries waiting for its pending batches hear NOT_LEADER (the
     /// batches themselves are answered by the flush that finds no lease).
-    fn drop_led(&mut self, tp: &TopicPartition) {
+    pub(crate) fn drop_led(&mut self, tp: &TopicPartition) {
         if let Some(mut led) = self.led.remove(tp) {
             for w in led.producers.take_waiters() {
                 let _ = w.send(Err(AgentError::NotLeader { tp: tp.clone() }));
@@ -187,6 +192,10 @@ pub struct Agent {
     closed: AtomicBool,
     /// Serializes lease acquisition so two acquisitions of one partition cannot race.
     pub(crate) acquiring: tokio::sync::Mutex<()>,
+    /// Serializes flushes (the flush loop's and a handoff's).
+    flushing: tokio::sync::Mutex<()>,
+    /// Wakes the lease keeper for a balance round.
+    pub(crate) rebalance_wanted: Notify,
 }
 
 impl std::fmt::Debug for Agent {
@@ -226,21 +235,29 @@ impl Agent {
             config,
             metadata,
             storage,
-            info,
+            info: info.clone(),
             state: Mutex::new(State {
                 led: HashMap::new(),
                 pending: Pending::default(),
                 next_batch_id: 0,
+                alone_in_group: true,
+                group_agents: vec![info],
             }),
             flush_wanted: Notify::new(),
             commits: watch::channel(0).0,
             closed: AtomicBool::new(false),
             acquiring: tokio::sync::Mutex::new(()),
+            flushing: tokio::sync::Mutex::new(()),
+            rebalance_wanted: Notify::new(),
         });
-        agent.acquire_free_partitions().await?;
+        agent.balance().await?;
         info!(agent = %agent.config.agent_id, node_id = agent.info.node_id,
               partitions = agent.lock().led.len(), "agent started");
         Ok(agent)
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
     }
 
     pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -330,8 +347,9 @@ impl Agent {
             led,
             pending,
             next_batch_id,
+            ..
         } = &mut *state;
-        let Some(led) = led.get_mut(tp) else {
+        let Some(led) = led.get_mut(tp).filter(|led| !led.draining) else {
             return Err(AgentError::NotLeader { tp: tp.clone() });
         };
         let idem = match idem {
@@ -431,6 +449,7 @@ impl Agent {
     /// Flushes everything pending: assigns offsets, writes ONE object, runs ONE metadata
     /// commit, then answers every batch.
     pub async fn flush(&self) {
+        let _flushing = self.flushing.lock().await;
         let stale: Vec<TopicPartition> = {
             let state = self.lock();
             state
@@ -723,9 +742,14 @@ impl Agent {
             return Err(AgentError::InvalidPartitions { partitions });
         }
         TopicConfig::parse(configs).map_err(|reason| AgentError::InvalidConfig { reason })?;
+        // A topic belongs to the creating agent's group unless it names one.
+        let mut configs = configs.clone();
+        configs
+            .entry(AGENT_GROUP_CONFIG.to_string())
+            .or_insert_with(|| self.config.group.clone());
         let topic = self
             .metadata
-            .create_topic(name, partitions, configs)
+            .create_topic(name, partitions, &configs)
             .await
             .map_err(|e| match e {
                 MetadataError::AlreadyExists { .. } => AgentError::TopicAlreadyExists {
@@ -733,11 +757,10 @@ impl Agent {
                 },
                 e => AgentError::Metadata(e),
             })?;
-        for p in 0..partitions {
-            let tp = TopicPartition::new(name, p);
-            if let Err(e) = self.ensure_led(&tp).await {
-                warn!(%tp, error = %e, "could not lease a partition of a new topic");
-            }
+        // Take this agent's share now; the group's other agents take theirs at their next
+        // balance round.
+        if let Err(e) = self.balance().await {
+            warn!(topic = name, error = %error_chain(&e), "could not lease partitions of a new topic");
         }
         info!(topic = name, partitions, "topic created");
         Ok(topic)

@@ -71,6 +71,15 @@ impl MetadataStore for Faulty {
     async fn list_agents(&self) -> Result<Vec<AgentInfo>> {
         self.inner.list_agents().await
     }
+    async fn live_agents(&self, within: Duration) -> Result<Vec<AgentInfo>> {
+        self.inner.live_agents(within).await
+    }
+    async fn deregister_agent(&self, a: &AgentId) -> Result<()> {
+        self.inner.deregister_agent(a).await
+    }
+    async fn list_all_partitions(&self) -> Result<Vec<PartitionState>> {
+        self.inner.list_all_partitions().await
+    }
     async fn acquire_lease(
         &self,
         tp: &TopicPartition,

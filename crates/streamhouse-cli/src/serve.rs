@@ -115,6 +115,9 @@ impl ServeArgs {
         if self.heartbeat_interval_ms == 0 || self.lease_ttl_ms <= self.heartbeat_interval_ms {
             bail!("--lease-ttl-ms must be longer than --heartbeat-interval-ms, which must be positive");
         }
+        if let Err(reason) = streamhouse_metadata::validate_agent_group(&self.agent_group) {
+            bail!("--agent-group: {reason}");
+        }
         Ok(())
     }
 }

@@ -448,11 +448,23 @@ impl Group {
 }
 
 /// The consumer group coordinator of one agent.
-#[derive(Debug)]
 pub struct GroupCoordinator {
     config: GroupConfig,
     metadata: Arc<dyn MetadataStore>,
     groups: Mutex<HashMap<String, Group>>,
+    /// Which groups this coordinator is responsible for (all, until one is set).
+    placement: Mutex<Option<Placement>>,
+}
+
+/// Whether this agent coordinates a group: several agents share the groups.
+pub type Placement = Arc<dyn Fn(&str) -> bool + Send + Sync>;
+
+impl std::fmt::Debug for GroupCoordinator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GroupCoordinator")
+            .field("groups", &self.lock().len())
+            .finish()
+    }
 }
 
 impl GroupCoordinator {
@@ -461,7 +473,39 @@ impl GroupCoordinator {
             config,
             metadata,
             groups: Mutex::new(HashMap::new()),
+            placement: Mutex::new(None),
         })
+    }
+
+    /// Shares the groups with other agents: requests for a group `owns` refuses get
+    /// NOT_COORDINATOR (the client finds the coordinator again), and what this agent knew of
+    /// such a group is dropped, its waiting members told the same.
+    pub fn place_with(&self, owns: Placement) {
+        *self.placement.lock().unwrap_or_else(|e| e.into_inner()) = Some(owns);
+    }
+
+    fn owns(&self, group_id: &str) -> bool {
+        let placement = self.placement.lock().unwrap_or_else(|e| e.into_inner());
+        placement.as_ref().is_none_or(|owns| owns(group_id))
+    }
+
+    fn check_owned(&self, group_id: &str) -> Result<(), GroupError> {
+        if self.owns(group_id) {
+            return Ok(());
+        }
+        let moved = || GroupError::NotCoordinator {
+            group: group_id.to_string(),
+        };
+        if let Some(mut group) = self.lock().remove(group_id) {
+            info!(
+                group = group_id,
+                "group coordinated elsewhere now; dropping its state"
+            );
+            for m in group.members.values_mut() {
+                m.fail(moved);
+            }
+        }
+        Err(moved())
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<String, Group>> {
@@ -516,6 +560,7 @@ impl GroupCoordinator {
 
     /// JoinGroup: resolves when the join phase of the rebalance completes.
     pub async fn join(&self, req: JoinRequest) -> Result<JoinResponse, GroupError> {
+        self.check_owned(&req.group_id)?;
         if req.group_id.is_empty() {
             return Err(GroupError::InvalidGroupId);
         }
@@ -642,6 +687,7 @@ impl GroupCoordinator {
 
     /// SyncGroup: the leader hands out the assignment; followers wait for it.
     pub async fn sync(&self, req: SyncRequest) -> Result<Bytes, GroupError> {
+        self.check_owned(&req.group_id)?;
         let waiting = {
             let mut groups = self.lock();
             let group = groups
@@ -701,6 +747,7 @@ impl GroupCoordinator {
         member_id: &str,
         group_instance_id: Option<&str>,
     ) -> Result<(), GroupError> {
+        self.check_owned(group_id)?;
         let mut groups = self.lock();
         let group = groups
             .get_mut(group_id)
@@ -730,6 +777,12 @@ impl GroupCoordinator {
         group_id: &str,
         members: &[(String, Option<String>)],
     ) -> Vec<Result<(), GroupError>> {
+        if self.check_owned(group_id).is_err() {
+            let moved = || GroupError::NotCoordinator {
+                group: group_id.to_string(),
+            };
+            return members.iter().map(|_| Err(moved())).collect();
+        }
         let now = Instant::now();
         let mut groups = self.lock();
         let Some(group) = groups.get_mut(group_id) else {
@@ -791,6 +844,7 @@ impl GroupCoordinator {
         group_instance_id: Option<&str>,
         offsets: &[GroupOffset],
     ) -> Result<(), GroupError> {
+        self.check_owned(group_id)?;
         if group_id.is_empty() {
             return Err(GroupError::InvalidGroupId);
         }
@@ -829,11 +883,13 @@ impl GroupCoordinator {
 
     /// OffsetFetch: everything the group committed.
     pub async fn fetch_offsets(&self, group_id: &str) -> Result<Vec<GroupOffset>, GroupError> {
+        self.check_owned(group_id)?;
         Ok(self.metadata.fetch_group_offsets(group_id).await?)
     }
 
     /// DescribeGroups: a group unknown here and without offsets is reported as Dead.
     pub async fn describe(&self, group_id: &str) -> Result<GroupDescription, GroupError> {
+        self.check_owned(group_id)?;
         if let Some(group) = self.lock().get(group_id) {
             return Ok(group.describe());
         }
@@ -879,12 +935,15 @@ impl GroupCoordinator {
                 });
             }
         }
+        // Each agent lists the groups it coordinates; clients merge the lists of all agents.
+        listed.retain(|g| self.owns(&g.group_id));
         listed.sort_by(|a, b| a.group_id.cmp(&b.group_id));
         Ok(listed)
     }
 
     /// DeleteGroups: only groups without members; their committed offsets go too.
     pub async fn delete(&self, group_id: &str) -> Result<(), GroupError> {
+        self.check_owned(group_id)?;
         let known_here = {
             let mut groups = self.lock();
             match groups.get(group_id) {

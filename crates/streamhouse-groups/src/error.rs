@@ -27,6 +27,8 @@ pub enum GroupError {
     NonEmptyGroup { group: String },
     #[error("group {group} does not exist")]
     GroupNotFound { group: String },
+    #[error("group {group} is coordinated by another agent")]
+    NotCoordinator { group: String },
     #[error("the coordinator is shutting down")]
     ShuttingDown,
     #[error("metadata store unavailable")]

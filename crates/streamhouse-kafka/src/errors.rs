@@ -63,6 +63,7 @@ pub fn group_error_code(e: &streamhouse_groups::GroupError) -> ResponseError {
         GroupError::InvalidGroupId => ResponseError::InvalidGroupId,
         GroupError::NonEmptyGroup { .. } => ResponseError::NonEmptyGroup,
         GroupError::GroupNotFound { .. } => ResponseError::GroupIdNotFound,
+        GroupError::NotCoordinator { .. } => ResponseError::NotCoordinator,
         GroupError::ShuttingDown | GroupError::Metadata(_) => {
             ResponseError::CoordinatorNotAvailable
         }

@@ -45,6 +45,12 @@ pub async fn run(
     config: ServerConfig,
     shutdown: CancellationToken,
 ) {
+    // Consumer groups are spread over the live agents of the agent group; FindCoordinator
+    // names the same agent that accepts the group's requests.
+    let placed = agent.clone();
+    groups.place_with(Arc::new(move |group: &str| {
+        placed.coordinator_for(group).id == placed.info().id
+    }));
     let handler = Arc::new(Handler::new(agent, groups));
     let limit = Arc::new(Semaphore::new(config.max_connections));
     let mut connections = JoinSet::new();

@@ -25,7 +25,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use error::MetadataError;
-pub use topic_config::{TimestampType, TopicConfig};
+pub use topic_config::{
+    validate_agent_group, TimestampType, TopicConfig, AGENT_GROUP_CONFIG, DEFAULT_AGENT_GROUP,
+};
 pub use types::*;
 
 /// Result of a metadata operation.
@@ -56,6 +58,10 @@ pub trait MetadataStore: Send + Sync + std::fmt::Debug {
 
     async fn get_partition(&self, tp: &TopicPartition) -> Result<Option<PartitionState>>;
 
+    /// Every partition of every topic, ordered by topic and partition, with its current
+    /// (unexpired) lease: what an agent balances leases over, in one query.
+    async fn list_all_partitions(&self) -> Result<Vec<PartitionState>>;
+
     /// Registers (or re-registers) an agent and records a heartbeat. Returns the agent with
     /// its node id, which stays the same across restarts.
     async fn register_agent(&self, agent: &AgentRegistration) -> Result<AgentInfo>;
@@ -64,6 +70,14 @@ pub trait MetadataStore: Send + Sync + std::fmt::Debug {
     async fn heartbeat(&self, agent: &AgentId) -> Result<()>;
 
     async fn list_agents(&self) -> Result<Vec<AgentInfo>>;
+
+    /// The agents whose last heartbeat is at most `within` old on the store's clock (never
+    /// an agent's clock), ordered by node id.
+    async fn live_agents(&self, within: Duration) -> Result<Vec<AgentInfo>>;
+
+    /// Marks an agent as gone (graceful shutdown): it stops being live at once. It keeps its
+    /// node id for when it registers again.
+    async fn deregister_agent(&self, agent: &AgentId) -> Result<()>;
 
     /// Takes the lease on `tp` for `holder` if it is free, expired, or already held by
     /// `holder`. Acquiring always starts a new epoch (previous epoch + 1), so anything the

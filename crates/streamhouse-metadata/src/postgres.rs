@@ -506,6 +506,14 @@ impl MetadataStore for PostgresStore {
         row.as_ref().map(partition_from_row).transpose()
     }
 
+    async fn list_all_partitions(&self) -> Result<Vec<PartitionState>> {
+        let rows = sqlx::query(&partition_select("ORDER BY p.topic, p.partition_id"))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(MetadataError::db("list all partitions"))?;
+        rows.iter().map(partition_from_row).collect()
+    }
+
     async fn register_agent(&self, agent: &AgentRegistration) -> Result<AgentInfo> {
         let mut tx = self.begin("begin register agent").await?;
         // Node ids are MAX + 1: two first registrations at once would pick the same one, so
@@ -558,6 +566,26 @@ impl MetadataStore for PostgresStore {
         .await
         .map_err(MetadataError::db("list agents"))?;
         rows.iter().map(agent_from_row).collect()
+    }
+
+    async fn live_agents(&self, within: Duration) -> Result<Vec<AgentInfo>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {AGENT_COLUMNS} FROM agents WHERE last_heartbeat_ms >= {NOW_MS} - $1 ORDER BY node_id"
+        ))
+        .bind(ttl_ms(within))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(MetadataError::db("list live agents"))?;
+        rows.iter().map(agent_from_row).collect()
+    }
+
+    async fn deregister_agent(&self, agent: &AgentId) -> Result<()> {
+        sqlx::query("UPDATE agents SET last_heartbeat_ms = 0 WHERE agent_id = $1")
+            .bind(&agent.0)
+            .execute(&self.pool)
+            .await
+            .map_err(MetadataError::db("deregister agent"))?;
+        Ok(())
     }
 
     async fn acquire_lease(

@@ -322,6 +322,14 @@ impl MetadataStore for SqliteStore {
         Ok(row.as_ref().map(partition_from_row))
     }
 
+    async fn list_all_partitions(&self) -> Result<Vec<PartitionState>> {
+        let rows = sqlx::query(&partition_select("ORDER BY p.topic, p.partition_id"))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(MetadataError::db("list all partitions"))?;
+        Ok(rows.iter().map(partition_from_row).collect())
+    }
+
     async fn register_agent(&self, agent: &AgentRegistration) -> Result<AgentInfo> {
         let mut tx = self.write_tx("begin register agent").await?;
         sqlx::query(&format!(
@@ -373,6 +381,26 @@ impl MetadataStore for SqliteStore {
         .await
         .map_err(MetadataError::db("list agents"))?;
         Ok(rows.iter().map(agent_from_row).collect())
+    }
+
+    async fn live_agents(&self, within: Duration) -> Result<Vec<AgentInfo>> {
+        let rows = sqlx::query(&format!(
+            "SELECT agent_id, node_id, advertised_addr, agent_group, last_heartbeat_ms FROM agents WHERE last_heartbeat_ms >= {NOW_MS} - ? ORDER BY node_id"
+        ))
+        .bind(ttl_ms(within))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(MetadataError::db("list live agents"))?;
+        Ok(rows.iter().map(agent_from_row).collect())
+    }
+
+    async fn deregister_agent(&self, agent: &AgentId) -> Result<()> {
+        sqlx::query("UPDATE agents SET last_heartbeat_ms = 0 WHERE agent_id = ?")
+            .bind(&agent.0)
+            .execute(&self.pool)
+            .await
+            .map_err(MetadataError::db("deregister agent"))?;
+        Ok(())
     }
 
     async fn acquire_lease(

@@ -28,6 +28,33 @@ pub struct TopicConfig {
     pub retention_bytes: i64,
     /// `cleanup.policy`: stored and reported; not yet enforced (no compaction yet).
     pub cleanup_policy: String,
+    /// `streamhouse.agent.group`: the agent group whose agents lead the topic's partitions.
+    /// Set at creation to the creating agent's group unless given.
+    pub agent_group: String,
+}
+
+/// The config naming a topic's agent group.
+pub const AGENT_GROUP_CONFIG: &str = "streamhouse.agent.group";
+
+/// The agent group of agents and topics that name none.
+pub const DEFAULT_AGENT_GROUP: &str = "default";
+
+/// Agent group names: 1 to 64 of `[A-Za-z0-9._-]`, like topic names.
+pub fn validate_agent_group(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > 64 {
+        return Err(format!(
+            "agent group {name:?} must be 1 to 64 characters long"
+        ));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
+        return Err(format!(
+            "agent group {name:?} may hold only letters, digits, '.', '_' and '-', not {c:?}"
+        ));
+    }
+    Ok(())
 }
 
 impl Default for TopicConfig {
@@ -38,18 +65,20 @@ impl Default for TopicConfig {
             retention_ms: 604_800_000,
             retention_bytes: -1,
             cleanup_policy: "delete".to_string(),
+            agent_group: DEFAULT_AGENT_GROUP.to_string(),
         }
     }
 }
 
 impl TopicConfig {
     /// Config names we accept.
-    pub const KNOWN: [&'static str; 5] = [
+    pub const KNOWN: [&'static str; 6] = [
         "message.timestamp.type",
         "max.message.bytes",
         "retention.ms",
         "retention.bytes",
         "cleanup.policy",
+        AGENT_GROUP_CONFIG,
     ];
 
     /// Parses configs given at topic creation; unknown names and bad values are errors.
@@ -82,6 +111,10 @@ impl TopicConfig {
                     }
                     _ => return Err(format!("cleanup.policy {value:?} is not valid")),
                 },
+                AGENT_GROUP_CONFIG => {
+                    validate_agent_group(value)?;
+                    config.agent_group = value.clone();
+                }
                 _ => return Err(format!("config {name:?} is not supported")),
             }
         }
@@ -102,6 +135,7 @@ impl TopicConfig {
             ("retention.ms", self.retention_ms.to_string()),
             ("retention.bytes", self.retention_bytes.to_string()),
             ("cleanup.policy", self.cleanup_policy.clone()),
+            (AGENT_GROUP_CONFIG, self.agent_group.clone()),
         ]
     }
 }

@@ -221,6 +221,83 @@ async fn agents_keep_their_node_id() {
 }
 
 #[tokio::test]
+async fn liveness_follows_heartbeats_on_the_store_clock() {
+    for (_scratch, store) in backends().await {
+        for id in ["a", "b"] {
+            store
+                .register_agent(&AgentRegistration {
+                    id: agent(id),
+                    advertised_addr: format!("{id}:9092"),
+                    group: "g".to_string(),
+                })
+                .await
+                .unwrap();
+        }
+        let live = |within| {
+            let store = store.clone();
+            async move {
+                let agents = store.live_agents(within).await.unwrap();
+                agents.into_iter().map(|a| a.id.0).collect::<Vec<_>>()
+            }
+        };
+        assert_eq!(live(Duration::from_secs(30)).await, ["a", "b"]);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        store.heartbeat(&agent("b")).await.unwrap();
+        // a's heartbeat is 300 ms old, b's fresh.
+        assert_eq!(live(Duration::from_millis(200)).await, ["b"]);
+        // A graceful shutdown ends liveness at once; registering again restores it.
+        store.deregister_agent(&agent("b")).await.unwrap();
+        assert_eq!(live(Duration::from_secs(30)).await, ["a"]);
+        assert_eq!(store.list_agents().await.unwrap().len(), 2);
+    }
+}
+
+#[tokio::test]
+async fn all_partitions_come_with_their_live_leases() {
+    for (_scratch, store) in backends().await {
+        store.create_topic("b", 2, &BTreeMap::new()).await.unwrap();
+        store.create_topic("a", 1, &BTreeMap::new()).await.unwrap();
+        let ttl = Duration::from_secs(30);
+        let lease = store
+            .acquire_lease(&TopicPartition::new("b", 1), &agent("x"), ttl)
+            .await
+            .unwrap()
+            .unwrap();
+        store
+            .acquire_lease(
+                &TopicPartition::new("a", 0),
+                &agent("y"),
+                Duration::from_millis(1),
+            )
+            .await
+            .unwrap()
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let all = store.list_all_partitions().await.unwrap();
+        let seen: Vec<(String, i32, Option<String>)> = all
+            .iter()
+            .map(|p| {
+                let holder = p.lease.as_ref().map(|l| l.holder.0.clone());
+                (p.tp.topic.clone(), p.tp.partition.0, holder)
+            })
+            .collect();
+        // The expired lease on a-0 is not reported; the live one on b-1 is.
+        assert_eq!(
+            seen,
+            [
+                ("a".to_string(), 0, None),
+                ("b".to_string(), 0, None),
+                ("b".to_string(), 1, Some("x".to_string())),
+            ]
+        );
+        assert_eq!(all[2].lease.as_ref().unwrap().epoch, lease.epoch);
+        // A deleted topic's lease rows are not reported.
+        store.delete_topic("b").await.unwrap();
+        assert_eq!(store.list_all_partitions().await.unwrap().len(), 1);
+    }
+}
+
+#[tokio::test]
 async fn lease_epochs_grow_on_acquire_only() {
     for (_scratch, store) in backends().await {
         store.create_topic("t", 1, &BTreeMap::new()).await.unwrap();

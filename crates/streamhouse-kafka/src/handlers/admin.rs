@@ -235,26 +235,22 @@ pub(crate) async fn delete_records(
 }
 
 pub(crate) async fn describe_cluster(agent: &Arc<Agent>) -> DescribeClusterResponse {
-    let me = agent.info();
-    let mut agents = agent.metadata().list_agents().await.unwrap_or_default();
-    if !agents.iter().any(|a| a.node_id == me.node_id) {
-        agents.push(me.clone());
-    }
-    let brokers = agents
+    // The live agents of this agent's group (as of its last balance round), with the group
+    // as their rack.
+    let brokers = agent
+        .group_agents()
         .iter()
-        // Only this agent and agents that lead partitions are live brokers for now; a
-        // multi-agent version will use heartbeats.
-        .filter(|a| a.node_id == me.node_id)
         .map(|a| {
             let (host, port) = crate::handlers::metadata::split_addr(&a.advertised_addr);
             DescribeClusterBroker::default()
                 .with_broker_id(BrokerId(a.node_id))
                 .with_host(str_bytes(host))
                 .with_port(port)
+                .with_rack(Some(str_bytes(a.group.clone())))
         })
         .collect();
     DescribeClusterResponse::default()
         .with_cluster_id(str_bytes(crate::handlers::metadata::CLUSTER_ID))
-        .with_controller_id(BrokerId(me.node_id))
+        .with_controller_id(BrokerId(agent.info().node_id))
         .with_brokers(brokers)
 }

@@ -44,6 +44,10 @@ fn describe_entry(name: &str) -> (i8, Option<&'static str>) {
                 "Stored and reported; not enforced yet: this version neither deletes nor compacts.",
             ),
         ),
+        streamhouse_metadata::AGENT_GROUP_CONFIG => (
+            2,
+            Some("The agent group whose agents lead this topic's partitions."),
+        ),
         _ => (2, None),
     }
 }

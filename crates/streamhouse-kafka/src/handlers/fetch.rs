@@ -1,5 +1,7 @@
 //! Fetch: committed batches only, within max_bytes and partition_max_bytes; waits up to
-//! max_wait_ms for min_bytes, woken by commits rather than by polling.
+//! max_wait_ms for min_bytes, woken by this agent's commits. Any agent serves a Fetch,
+//! straight from the metadata and object stores; for partitions another agent leads, whose
+//! commits this agent does not hear of, the wait polls the store instead.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,6 +16,9 @@ use tracing::debug;
 
 use crate::errors::error_code;
 
+/// How often a waiting Fetch re-reads partitions that another agent leads.
+const FOLLOWER_POLL: Duration = Duration::from_millis(100);
+
 pub(crate) async fn handle(agent: &Arc<Agent>, request: FetchRequest) -> FetchResponse {
     let wait = Duration::from_millis(u64::try_from(request.max_wait_ms).unwrap_or(0));
     let deadline = Instant::now() + wait;
@@ -23,6 +28,12 @@ pub(crate) async fn handle(agent: &Arc<Agent>, request: FetchRequest) -> FetchRe
         .filter(|m| *m > 0)
         .unwrap_or(usize::MAX);
     let mut commits = agent.commits();
+    let led_elsewhere = request.topics.iter().any(|t| {
+        t.partitions.iter().any(|p| {
+            let tp = TopicPartition::new(t.topic.as_str(), p.partition);
+            agent.leader_epoch(&tp).is_none()
+        })
+    });
     loop {
         // Mark the current commit as seen before reading, so a commit that lands during the
         // read wakes the wait below.
@@ -39,6 +50,7 @@ pub(crate) async fn handle(agent: &Arc<Agent>, request: FetchRequest) -> FetchRe
                 }
             }
             _ = tokio::time::sleep_until(deadline) => {}
+            _ = tokio::time::sleep(FOLLOWER_POLL), if led_elsewhere => {}
         }
     }
 }

@@ -48,10 +48,12 @@ pub(crate) fn find_coordinator(
     req: FindCoordinatorRequest,
     version: i16,
 ) -> FindCoordinatorResponse {
-    // This agent coordinates every group (a multi-agent version will place groups).
-    let me = agent.info();
-    let (host, port) = crate::handlers::metadata::split_addr(&me.advertised_addr);
     let supported = |key_type: i8| key_type == 0;
+    let locate = |key: &str| {
+        let a = agent.coordinator_for(key);
+        let (host, port) = crate::handlers::metadata::split_addr(&a.advertised_addr);
+        (a.node_id, host, port)
+    };
     if version >= 4 {
         let coordinators = req
             .coordinator_keys
@@ -59,8 +61,9 @@ pub(crate) fn find_coordinator(
             .map(|key| {
                 let c = Coordinator::default().with_key(key.clone());
                 if supported(req.key_type) {
-                    c.with_node_id(BrokerId(me.node_id))
-                        .with_host(str_bytes(host.clone()))
+                    let (node, host, port) = locate(key.as_str());
+                    c.with_node_id(BrokerId(node))
+                        .with_host(str_bytes(host))
                         .with_port(port)
                 } else {
                     c.with_error_code(ResponseError::CoordinatorNotAvailable.code())
@@ -80,8 +83,9 @@ pub(crate) fn find_coordinator(
             .with_node_id(BrokerId(-1))
             .with_port(-1);
     }
+    let (node, host, port) = locate(req.key.as_str());
     FindCoordinatorResponse::default()
-        .with_node_id(BrokerId(me.node_id))
+        .with_node_id(BrokerId(node))
         .with_host(str_bytes(host))
         .with_port(port)
 }

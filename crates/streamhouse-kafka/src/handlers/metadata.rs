@@ -9,7 +9,7 @@ use kafka_protocol::messages::metadata_response::{
 };
 use kafka_protocol::messages::{BrokerId, MetadataRequest, MetadataResponse};
 use streamhouse_agent::{Agent, AgentError};
-use streamhouse_metadata::{validate_topic_name, AgentInfo, Topic, TopicPartition};
+use streamhouse_metadata::{validate_topic_name, AgentInfo, Topic, TopicConfig, TopicPartition};
 use tracing::warn;
 
 use crate::errors::{error_code, message};
@@ -48,8 +48,9 @@ pub(crate) async fn handle(
     match requested {
         None => match agent.metadata().list_topics().await {
             Ok(all) => {
-                for topic in all {
-                    topics.push(describe(agent, &topic, &agents, &mut leaders).await);
+                // Topics of other agent groups are not this group's clients' business.
+                for topic in all.iter().filter(|t| in_my_group(agent, t)) {
+                    topics.push(describe(agent, topic, &agents, &mut leaders).await);
                 }
             }
             Err(e) => warn!(error = %message(&e), "cannot list topics for a Metadata request"),
@@ -70,20 +71,30 @@ pub(crate) async fn handle(
         }
     }
 
+    // The brokers: the live agents of this agent's group, and any agent still named as a
+    // leader (its lease has not expired yet even if its heartbeats stopped).
+    let live = agent.group_agents();
     let mut brokers: Vec<MetadataResponseBroker> = Vec::new();
     leaders.sort_unstable();
     leaders.dedup();
-    for a in agents.values().chain(std::iter::once(&me)) {
-        if leaders.contains(&a.node_id) && !brokers.iter().any(|b| b.node_id.0 == a.node_id) {
+    for a in live
+        .iter()
+        .chain(agents.values())
+        .chain(std::iter::once(&me))
+    {
+        let listed = live.iter().any(|l| l.node_id == a.node_id) || leaders.contains(&a.node_id);
+        if listed && !brokers.iter().any(|b| b.node_id.0 == a.node_id) {
             let (host, port) = split_addr(&a.advertised_addr);
             brokers.push(
                 MetadataResponseBroker::default()
                     .with_node_id(BrokerId(a.node_id))
                     .with_host(str_bytes(host))
-                    .with_port(port),
+                    .with_port(port)
+                    .with_rack(Some(str_bytes(a.group.clone()))),
             );
         }
     }
+    brokers.sort_by_key(|b| b.node_id.0);
     MetadataResponse::default()
         .with_brokers(brokers)
         .with_cluster_id(Some(str_bytes(CLUSTER_ID)))
@@ -107,6 +118,10 @@ async fn describe_by_name(
         return error(ResponseError::InvalidTopicException);
     }
     match agent.metadata().get_topic(name).await {
+        Ok(Some(topic)) if !in_my_group(agent, &topic) => {
+            // Led by another agent group: clients of this group are not routed there.
+            error(ResponseError::UnknownTopicOrPartition)
+        }
         Ok(Some(topic)) => describe(agent, &topic, agents, leaders).await,
         Ok(None) if allow_auto_create && agent.config().auto_create_topics => {
             match agent
@@ -132,6 +147,13 @@ async fn describe_by_name(
     }
 }
 
+/// Whether `topic` belongs to this agent's group.
+fn in_my_group(agent: &Agent, topic: &Topic) -> bool {
+    TopicConfig::parse(&topic.configs)
+        .map(|c| c.agent_group == agent.config().group)
+        .unwrap_or(true)
+}
+
 async fn describe(
     agent: &Arc<Agent>,
     topic: &Topic,
@@ -152,8 +174,8 @@ async fn describe(
     for state in states {
         let mut lease = state.lease.clone();
         if lease.is_none() {
-            // Nobody leads it: take it now rather than make the client wait for the next
-            // lease round.
+            // Nobody leads it: a lone agent takes it now rather than make the client wait
+            // for the next lease round; otherwise a balance round is asked for.
             let tp: &TopicPartition = &state.tp;
             if agent.ensure_led(tp).await.is_ok() {
                 lease = agent
