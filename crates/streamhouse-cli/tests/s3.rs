@@ -2,76 +2,23 @@
 //! crates.io; `scripts/test` installs it when missing).
 
 use std::collections::HashMap;
-use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use streamhouse_client::{Admin, OffsetSpec, Producer, ProducerConfig, ProducerRecord};
-use streamhouse_testing::{files_under, read_everything, temp_dir, ServerProcess};
+use streamhouse_testing::{
+    files_under, read_everything, temp_dir, S3Server, ServerProcess, S3_ACCESS_KEY, S3_SECRET_KEY,
+};
 
 const BIN: &str = env!("CARGO_BIN_EXE_streamhouse");
-const ACCESS_KEY: &str = "streamhouse-test";
-const SECRET_KEY: &str = "streamhouse-test-secret";
-
-/// An `s3s-fs` process serving `root` (one directory per bucket); killed on drop.
-struct S3Server {
-    child: Child,
-    endpoint: String,
-}
-
-impl S3Server {
-    fn start(root: &Path) -> S3Server {
-        let port = {
-            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-            listener.local_addr().unwrap().port()
-        };
-        let child = Command::new("s3s-fs")
-            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
-            .args(["--access-key", ACCESS_KEY, "--secret-key", SECRET_KEY])
-            .arg(root)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "cannot start s3s-fs ({e}). This test needs it on PATH; scripts/test installs \
-                     it, or run: cargo install s3s-fs --version 0.14.1 --features binary --locked"
-                )
-            });
-        let mut server = S3Server {
-            child,
-            endpoint: format!("http://127.0.0.1:{port}"),
-        };
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
-            if let Ok(Some(status)) = server.child.try_wait() {
-                panic!("s3s-fs exited before accepting connections: {status}");
-            }
-            assert!(
-                Instant::now() < deadline,
-                "s3s-fs did not accept connections on {addr}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        server
-    }
-}
-
-impl Drop for S3Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+const ACCESS_KEY: &str = S3_ACCESS_KEY;
+const SECRET_KEY: &str = S3_SECRET_KEY;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_round_trip_through_s3_and_survive_kill_9() {
     let s3_root = temp_dir();
-    std::fs::create_dir(s3_root.path().join("bucket")).unwrap();
-    let s3 = S3Server::start(s3_root.path());
+    let s3 = S3Server::start(s3_root.path(), "bucket");
     let s3_args = [
         "--object-store-url",
         "s3://bucket/prefix",
@@ -177,8 +124,7 @@ async fn records_round_trip_through_s3_and_survive_kill_9() {
 async fn s3_objects_are_create_only() {
     use streamhouse_storage::{ObjectStorage, S3Options, StorageError};
     let s3_root = temp_dir();
-    std::fs::create_dir(s3_root.path().join("bucket")).unwrap();
-    let s3 = S3Server::start(s3_root.path());
+    let s3 = S3Server::start(s3_root.path(), "bucket");
     let options = S3Options {
         endpoint: Some(s3.endpoint.clone()),
         region: Some("us-east-1".into()),

@@ -13,8 +13,10 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
+pub mod stores;
 pub use kafka_protocol::records::Compression;
 use kafka_protocol::records::{Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType};
+pub use stores::{free_port, PostgresSchema, S3Server, S3_ACCESS_KEY, S3_SECRET_KEY};
 
 /// A `streamhouse serve` process.
 #[derive(Debug)]
