@@ -51,6 +51,25 @@ impl std::fmt::Debug for S3Options {
     }
 }
 
+/// How `s3://` requests are retried. A produce is answered only once its flush's object
+/// write is done, and flushes run one at a time, so a write stuck in retries holds every
+/// produce of the agent. object_store's default (10 retries, a random backoff that may grow
+/// to 15 s per retry, up to 3 min) held them for a random 2 to 45 s while the server was
+/// down. With backoffs of at most 1 s a write to a server that refuses connections gives
+/// up within about 7 s, no retry starts once 10 s have passed, and the flush fails with a
+/// retriable error (KAFKA_STORAGE_ERROR) that producers retry.
+fn s3_retry_config() -> object_store::RetryConfig {
+    object_store::RetryConfig {
+        backoff: object_store::BackoffConfig {
+            init_backoff: std::time::Duration::from_millis(100),
+            max_backoff: std::time::Duration::from_secs(1),
+            base: 2.0,
+        },
+        max_retries: 10,
+        retry_timeout: std::time::Duration::from_secs(10),
+    }
+}
+
 /// The object store with its cache in front.
 #[derive(Debug, Clone)]
 pub struct ObjectStorage {
@@ -102,7 +121,8 @@ impl ObjectStorage {
             }
             let mut builder = object_store::aws::AmazonS3Builder::from_env()
                 .with_bucket_name(bucket)
-                .with_virtual_hosted_style_request(false);
+                .with_virtual_hosted_style_request(false)
+                .with_retry(s3_retry_config());
             if let Some(endpoint) = &s3.endpoint {
                 builder = builder.with_endpoint(endpoint);
             }
