@@ -1,8 +1,10 @@
 //! The `streamhouse` binary: `serve` runs an agent; `topic`, `produce`, `consume` and
-//! `bench` are clients that talk to a running server over the Kafka protocol.
+//! `bench` are clients that talk to a running server over the Kafka protocol, as are `agents`
+//! and `partitions`, which show who leads what in a group of agents.
 
 mod bench;
 mod clients;
+mod ops;
 mod serve;
 
 use clap::{Parser, Subcommand};
@@ -33,6 +35,12 @@ enum Command {
     Consume(clients::ConsumeArgs),
     /// Measure produce and consume throughput and latency.
     Bench(bench::BenchArgs),
+    /// List the live agents of a group and how many partitions each leads.
+    #[command(subcommand)]
+    Agents(ops::AgentsCommand),
+    /// Show every partition (of all topics, or the given ones) with its leader, leader
+    /// epoch, log start and high watermark.
+    Partitions(ops::PartitionsArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -65,6 +73,8 @@ fn main() -> std::process::ExitCode {
             Command::Produce(args) => clients::produce(args).await,
             Command::Consume(args) => clients::consume(args).await,
             Command::Bench(args) => bench::bench(args).await,
+            Command::Agents(command) => ops::agents(command).await,
+            Command::Partitions(args) => ops::partitions(args).await,
         }
     });
     match result {
