@@ -104,6 +104,8 @@ pub(crate) struct State {
     pub(crate) alone_in_group: bool,
     /// The live agents of this agent's group (itself included), from the last balance round.
     pub(crate) group_agents: Vec<AgentInfo>,
+    /// Partitions of the group seen free by balance rounds, since when.
+    pub(crate) free_since: HashMap<TopicPartition, Instant>,
 }
 
 impl State {
@@ -242,6 +244,7 @@ impl Agent {
                 next_batch_id: 0,
                 alone_in_group: true,
                 group_agents: vec![info],
+                free_since: HashMap::new(),
             }),
             flush_wanted: Notify::new(),
             commits: watch::channel(0).0,

@@ -14,7 +14,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use streamhouse_metadata::{
     AgentInfo, LeaseEpoch, MetadataError, Offset, PartitionState, TopicConfig, TopicPartition,
@@ -57,12 +57,19 @@ pub(crate) struct Plan {
 
 /// The balance decision, a pure function of what the store reported: `group` are the live
 /// agents of this agent's group (`me` among them), `partitions` the group's partitions with
-/// their current leases, `mine` what this agent leads.
+/// their current leases, `mine` what this agent leads, `overdue` the partitions that have
+/// stayed free for several rounds.
+///
+/// An overdue partition is taken even beyond the fair share: a live agent under its share
+/// would have taken it within a round, so the agents it is waiting for are likely dead
+/// (still counted live until their heartbeats age out). Serving it now beats balance; the
+/// rounds after hand off the excess once the live agents are known again.
 pub(crate) fn plan(
     me: &str,
     group: &[String],
     partitions: &[PartitionState],
     mine: &HashSet<TopicPartition>,
+    overdue: &HashSet<TopicPartition>,
 ) -> Plan {
     let n = partitions.len();
     let k = group.len().max(1);
@@ -135,6 +142,18 @@ pub(crate) fn plan(
         }
         plan.want = ceil - held;
         plan.acquire = free;
+    }
+    let mut overdue: Vec<TopicPartition> = overdue
+        .iter()
+        .filter(|tp| !mine.contains(*tp))
+        .cloned()
+        .collect();
+    if !overdue.is_empty() {
+        overdue.sort();
+        plan.acquire.retain(|tp| !overdue.contains(tp));
+        plan.want += overdue.len();
+        overdue.append(&mut plan.acquire);
+        plan.acquire = overdue;
     }
     plan
 }
@@ -284,7 +303,28 @@ impl Agent {
             .filter(|tp| self.lock().led.contains_key(tp))
             .collect();
 
-        let plan = plan(&me, &group, &partitions, &mine);
+        // Partitions free (no live lease, not ours) since when: overdue after a few rounds.
+        let overdue: HashSet<TopicPartition> = {
+            let now = Instant::now();
+            let patience = 3 * self.balance_tick();
+            let mut state = self.lock();
+            let free: HashSet<&TopicPartition> = partitions
+                .iter()
+                .filter(|p| p.lease.is_none() && !mine.contains(&p.tp))
+                .map(|p| &p.tp)
+                .collect();
+            state.free_since.retain(|tp, _| free.contains(tp));
+            for tp in free {
+                state.free_since.entry(tp.clone()).or_insert(now);
+            }
+            state
+                .free_since
+                .iter()
+                .filter(|(_, since)| now.duration_since(**since) >= patience)
+                .map(|(tp, _)| tp.clone())
+                .collect()
+        };
+        let plan = plan(&me, &group, &partitions, &mine, &overdue);
         {
             let mut state = self.lock();
             state.alone_in_group = group.len() == 1;
@@ -373,6 +413,11 @@ impl Agent {
             .unwrap_or_else(|| self.info.clone())
     }
 
+    /// How often balance rounds run: a tenth of the heartbeat interval.
+    fn balance_tick(&self) -> Duration {
+        (self.config.heartbeat_interval / 10).max(Duration::from_millis(50))
+    }
+
     /// Asks the lease keeper for a balance round now.
     pub fn rebalance_soon(&self) {
         self.rebalance_wanted.notify_one();
@@ -383,7 +428,7 @@ impl Agent {
     /// heartbeat period, and sooner while partitions it wants are still free.
     pub(crate) async fn keep_leases(self: Arc<Self>, shutdown: CancellationToken) {
         let heartbeat = self.config.heartbeat_interval;
-        let tick = (heartbeat / 10).max(Duration::from_millis(50));
+        let tick = self.balance_tick();
         let mut next_heartbeat = tokio::time::Instant::now() + heartbeat;
         loop {
             let mut pause = tick;
@@ -516,7 +561,7 @@ mod tests {
             let mut changed = false;
             for a in agents {
                 let mine = held_by(&ps, a);
-                let plan = plan(a, &g, &ps, &mine);
+                let plan = plan(a, &g, &ps, &mine, &HashSet::new());
                 for tp in &plan.release {
                     let p = ps.iter_mut().find(|p| &p.tp == tp).unwrap();
                     p.lease = None;
@@ -543,7 +588,7 @@ mod tests {
     #[test]
     fn a_lone_agent_takes_everything() {
         let ps = partitions(12, &[]);
-        let p = plan("a", &group(&["a"]), &ps, &HashSet::new());
+        let p = plan("a", &group(&["a"]), &ps, &HashSet::new(), &HashSet::new());
         assert_eq!(p.want, 12);
         assert_eq!(p.acquire.len(), 12);
         assert!(p.release.is_empty());
@@ -556,11 +601,12 @@ mod tests {
             .collect();
         let ps = partitions(12, &holders);
         let mine = held_by(&ps, "a");
-        let p = plan("a", &group(&["a", "b", "c", "d"]), &ps, &mine);
+        let none = HashSet::new();
+        let p = plan("a", &group(&["a", "b", "c", "d"]), &ps, &mine, &none);
         assert_eq!(p.release.len(), 1);
         assert!(p.acquire.is_empty());
         // The newcomer wants three and sees nothing free yet.
-        let p = plan("d", &group(&["a", "b", "c", "d"]), &ps, &HashSet::new());
+        let p = plan("d", &group(&["a", "b", "c", "d"]), &ps, &none, &none);
         assert_eq!(p.want, 3);
         assert!(p.acquire.is_empty());
     }
@@ -587,5 +633,20 @@ mod tests {
         let before = partitions(12, &spread);
         let counts = converge(&["a", "b", "c", "d"], before);
         assert_eq!(counts, vec![3, 3, 3, 3]);
+    }
+
+    #[test]
+    fn a_partition_left_free_is_taken_beyond_the_share() {
+        // c is dead but still counted live; b stopped and released 4 and 5. a is at its
+        // share (3 of 6 for two agents) and takes 5 only once it is overdue.
+        let ps = partitions(6, &[(0, "a"), (1, "a"), (2, "a"), (3, "c")]);
+        let mine = held_by(&ps, "a");
+        let g = group(&["a", "c"]);
+        let p = plan("a", &g, &ps, &mine, &HashSet::new());
+        assert_eq!(p.want, 0);
+        let overdue: HashSet<TopicPartition> = [TopicPartition::new("t", 5)].into();
+        let p = plan("a", &g, &ps, &mine, &overdue);
+        assert_eq!(p.want, 1);
+        assert_eq!(p.acquire, vec![TopicPartition::new("t", 5)]);
     }
 }
