@@ -17,6 +17,10 @@
 //! The URL is a libpq-style `postgres://user@host:port/db?…`. Besides what sqlx reads
 //! (`application_name`, `options`, `sslmode`, …) it takes `max_connections` (default
 //! 10), `acquire_timeout_ms` (default 10 000) and `statement_timeout_ms` (default 10 000).
+//! The statement timeout is also the sessions' `idle_in_transaction_session_timeout`: an
+//! agent paused (or cut off) inside a commit holds its partitions' row locks, and so blocks
+//! the takeover of its leases, until the server ends its session. Keep it below the lease
+//! TTL; `-c idle_in_transaction_session_timeout=…` in the URL's options wins.
 
 use std::collections::BTreeMap;
 use std::str::FromStr;
@@ -117,6 +121,15 @@ impl PostgresStore {
         {
             options =
                 options.options([("statement_timeout", settings.statement_timeout.as_millis())]);
+        }
+        if !options
+            .get_options()
+            .is_some_and(|o| o.contains("idle_in_transaction_session_timeout"))
+        {
+            options = options.options([(
+                "idle_in_transaction_session_timeout",
+                settings.statement_timeout.as_millis(),
+            )]);
         }
         let pool = PgPoolOptions::new()
             .max_connections(settings.max_connections)
