@@ -425,29 +425,41 @@ impl Agent {
 
     /// Heartbeats and renews held leases every heartbeat interval, and balances leases
     /// more often: every tenth of it, so that a joining agent gets its share within one
-    /// heartbeat period, and sooner while partitions it wants are still free.
+    /// heartbeat period, and sooner while partitions it wants are still free. The two run
+    /// on their own timers, so a balance round slowed by the store (a lock wait, a handoff's
+    /// flush) never delays the renewal of the leases already held.
     pub(crate) async fn keep_leases(self: Arc<Self>, shutdown: CancellationToken) {
+        tokio::join!(self.renew_loop(&shutdown), self.balance_loop(&shutdown));
+    }
+
+    async fn renew_loop(&self, shutdown: &CancellationToken) {
         let heartbeat = self.config.heartbeat_interval;
-        let tick = self.balance_tick();
-        let mut next_heartbeat = tokio::time::Instant::now() + heartbeat;
         loop {
-            let mut pause = tick;
-            if tokio::time::Instant::now() >= next_heartbeat {
-                match self.renew().await {
-                    Ok(()) => next_heartbeat = tokio::time::Instant::now() + heartbeat,
-                    Err(e) => {
-                        warn!(error = %error_chain(&e), "heartbeat failed; retrying");
-                        pause = RETRY_PAUSE.min(tick);
-                    }
+            let pause = match self.renew().await {
+                Ok(()) => heartbeat,
+                Err(e) => {
+                    warn!(error = %error_chain(&e), "heartbeat failed; retrying");
+                    RETRY_PAUSE.min(self.balance_tick())
                 }
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => {}
+                _ = shutdown.cancelled() => return,
             }
-            match self.balance().await {
-                Ok(true) => {}
-                Ok(false) => pause = pause.min(Duration::from_millis(50)),
+        }
+    }
+
+    async fn balance_loop(&self, shutdown: &CancellationToken) {
+        let tick = self.balance_tick();
+        loop {
+            let pause = match self.balance().await {
+                Ok(true) => tick,
+                Ok(false) => tick.min(Duration::from_millis(50)),
                 Err(e) => {
                     debug!(error = %error_chain(&e), "balance round failed; retrying");
+                    tick
                 }
-            }
+            };
             tokio::select! {
                 _ = tokio::time::sleep(pause) => {}
                 _ = self.rebalance_wanted.notified() => {}
@@ -471,9 +483,10 @@ impl Agent {
                 .renew_lease(&tp, &self.config.agent_id, epoch, self.config.lease_ttl)
                 .await?;
             if renewed.is_none() {
-                warn!(%tp, %epoch, "lease lost");
+                // (A lease handed off meanwhile is no longer led: nothing to do.)
                 let mut state = self.lock();
                 if state.led.get(&tp).is_some_and(|led| led.epoch == epoch) {
+                    warn!(%tp, %epoch, "lease lost");
                     state.drop_led(&tp);
                 }
             }

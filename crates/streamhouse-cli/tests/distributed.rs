@@ -442,8 +442,13 @@ async fn settle(
 /// A producer that retries retriable errors until its delivery timeout (acks = -1,
 /// idempotent: the defaults).
 async fn producer(bootstrap: &str) -> Arc<Producer> {
+    producer_with_timeout(bootstrap, ProducerConfig::default().request_timeout).await
+}
+
+async fn producer_with_timeout(bootstrap: &str, request_timeout: Duration) -> Arc<Producer> {
     let config = ProducerConfig {
         linger: Duration::from_millis(2),
+        request_timeout,
         ..ProducerConfig::default()
     };
     assert_eq!(config.acks, -1);
@@ -704,9 +709,11 @@ async fn a_paused_leader_commits_nothing_after_its_lease_is_taken() {
     let victim = agents.iter().find(|a| a.id == victim_id).expect("victim");
     let survivor = agents.iter().find(|a| a.id != victim_id).expect("survivor");
 
-    // A producer bootstrapped from the survivor writes to both partitions.
+    // A producer bootstrapped from the survivor writes to both partitions. Its requests to
+    // the paused agent time out after 2 s; it then drops that connection, refreshes
+    // metadata and retries on the new leader.
     let load = Load::start(
-        producer(survivor.addr()).await,
+        producer_with_timeout(survivor.addr(), Duration::from_secs(2)).await,
         topic,
         &[0, 1],
         "before",
@@ -721,6 +728,7 @@ async fn a_paused_leader_commits_nothing_after_its_lease_is_taken() {
     victim.signal("STOP");
     let stopped = Instant::now();
     let unacked_at_stop = load.unacked_on(victim_partition);
+    let acked_at_stop = load.acked_on(victim_partition);
     let taken = poll(
         Duration::from_secs(20),
         "the survivor takes the paused agent's partition",
@@ -781,6 +789,20 @@ async fn a_paused_leader_commits_nothing_after_its_lease_is_taken() {
         .parse::<i64>()
         .expect("count");
     assert!(entries_by_new_leader > 0, "no commit under the new epoch");
+
+    // The first producer, still the paused agent's client at the stop, moves on by itself:
+    // its records (those pending at the stop included) are acknowledged by the new leader
+    // while the old one is still paused.
+    load.wait_until(
+        Duration::from_secs(20),
+        "the first producer's acks resume on the new leader before SIGCONT",
+        |l| l.acked_on(victim_partition) >= acked_at_stop + unacked_at_stop + 10,
+    )
+    .await;
+    println!(
+        "the first producer's acks on partition {victim_partition} resumed {:?} after SIGSTOP",
+        stopped.elapsed()
+    );
 
     // Resume the victim: it learns it lost the lease; whatever it had pending is refused.
     victim.signal("CONT");

@@ -102,12 +102,18 @@ impl<T: Decodable> PendingResponse<T> {
             Ok(Ok(frame)) => frame,
             Ok(Err(_)) => return Err(ClientError::Disconnected),
             Err(_) => {
+                // Like Kafka's clients: a request that timed out closes its connection.
+                // Responses come in order, so everything behind it would wait too, and the
+                // broker may be paused or gone; the next request reconnects (to the leader
+                // that refreshed metadata names).
+                drop(guard);
+                self.conn.close();
                 return Err(ClientError::Timeout {
                     operation: format!(
                         "{:?} request to {} (correlation id {})",
                         self.api_key, self.conn.inner.addr, self.correlation_id
                     ),
-                })
+                });
             }
         };
         drop(guard);
@@ -178,6 +184,15 @@ impl Connection {
     /// The address this connection was opened to.
     pub fn addr(&self) -> &str {
         &self.inner.addr
+    }
+
+    /// Closes the connection: waiting requests fail with `Disconnected`, later ones at once.
+    pub fn close(&self) {
+        self.inner.write_failed.store(true, Ordering::Relaxed);
+        self.inner.reader.abort();
+        let mut p = lock(&self.inner.pending);
+        p.closed = true;
+        p.waiters.clear();
     }
 
     /// Whether the socket is known to be closed (every further request fails).

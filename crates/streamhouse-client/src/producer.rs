@@ -81,7 +81,8 @@ pub struct ProducerConfig {
     /// How long to wait for one Produce response (also the broker-side `timeout_ms`), and
     /// how long `send` waits for a topic's metadata.
     pub request_timeout: Duration,
-    /// Upper bound on the time from `send` to success or failure, retries included.
+    /// Upper bound on the time from `send` to success or failure, retries included
+    /// (default 120 s, like Kafka's `delivery.timeout.ms`).
     pub delivery_timeout: Duration,
     /// Maximum retries of a batch; `None` retries until `delivery_timeout`.
     pub retries: Option<u32>,
@@ -103,7 +104,7 @@ impl Default for ProducerConfig {
             batch_size: 1 << 20,
             max_in_flight: 5,
             request_timeout: Duration::from_secs(30),
-            delivery_timeout: Duration::from_secs(30),
+            delivery_timeout: Duration::from_secs(120),
             retries: None,
             retry_backoff: Duration::from_millis(100),
             buffer_memory: 64 << 20,
@@ -363,7 +364,16 @@ impl Shared {
             };
             return self.fail(batch, &timeout);
         }
-        if err.kafka_code().is_some_and(is_metadata_error) {
+        // The leader may have moved: after a leadership error, and after a lost or silent
+        // connection (the leader may be dead or paused), ask for metadata again.
+        let transport = matches!(
+            err,
+            ClientError::Timeout { .. }
+                | ClientError::Disconnected
+                | ClientError::Io(_)
+                | ClientError::Connect { .. }
+        );
+        if transport || err.kafka_code().is_some_and(is_metadata_error) {
             self.cluster.invalidate(&batch.topic);
         }
         tracing::debug!(topic = %batch.topic, partition = batch.partition, error = %err, attempt = batch.attempts, "retrying produce batch");
