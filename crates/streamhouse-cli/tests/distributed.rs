@@ -7,6 +7,8 @@
 //!   after it resumes it commits nothing under its old lease.
 //! - Topics are led only by agents of their agent group, and each group's Metadata shows
 //!   only its own agents and topics.
+//! - Any agent serves Fetch of committed data, also a long poll on a partition it does not
+//!   lead.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::path::Path;
@@ -1080,4 +1082,127 @@ async fn topics_stay_within_their_agent_group() {
         .await
         .expect_err("tb through group a");
     assert_eq!(err.kafka_code(), Some(3), "{err}");
+}
+
+/// A Fetch of `topic`/`partition` from `offset`, sent to `addr` whatever it leads.
+async fn fetch_from(
+    addr: &str,
+    topic: &str,
+    partition: i32,
+    offset: i64,
+    max_wait_ms: i32,
+) -> (i16, i64, Vec<Bytes>) {
+    use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+    use kafka_protocol::messages::FetchRequest;
+    use kafka_protocol::records::RecordBatchDecoder;
+    let conn = Connection::connect(addr).await.expect("connect for Fetch");
+    let request = FetchRequest::default()
+        .with_replica_id(kafka_protocol::messages::BrokerId(-1))
+        .with_max_wait_ms(max_wait_ms)
+        .with_min_bytes(1)
+        .with_max_bytes(1 << 20)
+        .with_topics(vec![FetchTopic::default()
+            .with_topic(TopicName(StrBytes::from_string(topic.to_string())))
+            .with_partitions(vec![FetchPartition::default()
+                .with_partition(partition)
+                .with_fetch_offset(offset)
+                .with_partition_max_bytes(1 << 20)])]);
+    let response = conn.send(request).await.expect("Fetch");
+    let p = &response.responses[0].partitions[0];
+    let mut values = Vec::new();
+    if let Some(records) = &p.records {
+        let mut buf = records.clone();
+        for set in RecordBatchDecoder::decode_all(&mut buf).expect("decode fetched batches") {
+            for r in set.records {
+                values.push(r.value.unwrap_or_default());
+            }
+        }
+    }
+    (p.error_code, p.high_watermark, values)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn any_agent_serves_fetches_of_committed_data() {
+    let stores = Stores::start();
+    let agents = [
+        stores.agent("agent-a", "default", &[]),
+        stores.agent("agent-b", "default", &[]),
+    ];
+    let topic = "reads";
+    let admin = Admin::connect(agents[0].addr()).await.expect("admin");
+    admin.create_topic(topic, 2, &[]).await.expect("create");
+    let leases = poll(
+        Duration::from_secs(15),
+        "one partition per agent",
+        || {
+            let l = stores.topic_leases(topic);
+            (l.len() == 2 && counts(&l).len() == 2).then_some(l)
+        },
+        || format!("{:?}", stores.topic_leases(topic)),
+    )
+    .await;
+    let producer = producer(agents[0].addr()).await;
+    let mut sent: BTreeMap<i32, Vec<Bytes>> = BTreeMap::new();
+    for i in 0..100 {
+        let partition = i % 2;
+        let value = Bytes::from(format!("value-{i}"));
+        let record = ProducerRecord::new(topic, value.clone()).with_partition(partition);
+        let meta = producer
+            .send(record)
+            .await
+            .expect("send")
+            .wait_offset()
+            .await
+            .expect("acknowledged");
+        let expected = sent.entry(partition).or_default();
+        assert_eq!(meta.offset, expected.len() as i64);
+        expected.push(value);
+    }
+
+    // Both agents serve both partitions, the one they lead and the one they do not.
+    for agent in &agents {
+        for (partition, values) in &sent {
+            let (code, hwm, fetched) = fetch_from(agent.addr(), topic, *partition, 0, 0).await;
+            assert_eq!(code, 0, "{} fetching partition {partition}", agent.id);
+            assert_eq!(hwm, values.len() as i64);
+            assert_eq!(
+                &fetched, values,
+                "{} fetching partition {partition}",
+                agent.id
+            );
+        }
+    }
+
+    // A long poll on the agent that does not lead the partition wakes up for a record the
+    // leader commits meanwhile.
+    let (leader_id, _) = &leases[&0];
+    let follower = agents
+        .iter()
+        .find(|a| &a.id != leader_id)
+        .expect("follower");
+    let waiting = {
+        let addr = follower.addr().to_string();
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let got = fetch_from(&addr, "reads", 0, 50, 10_000).await;
+            (got, started.elapsed())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let meta = producer
+        .send(ProducerRecord::new(topic, Bytes::from_static(b"late")).with_partition(0))
+        .await
+        .expect("send")
+        .wait_offset()
+        .await
+        .expect("acknowledged");
+    assert_eq!(meta.offset, 50);
+    let ((code, hwm, fetched), waited) = waiting.await.expect("long poll");
+    assert_eq!(code, 0);
+    assert_eq!(hwm, 51);
+    assert_eq!(fetched, vec![Bytes::from_static(b"late")]);
+    assert!(
+        waited < Duration::from_secs(5),
+        "the follower's long poll returned after {waited:?}, not when the record was committed"
+    );
 }
