@@ -1141,7 +1141,9 @@ async fn any_agent_serves_fetches_of_committed_data() {
         || format!("{:?}", stores.topic_leases(topic)),
     )
     .await;
-    let producer = producer(agents[0].addr()).await;
+    // A bootstrap list, like Kafka's bootstrap.servers; its first address is down.
+    let bootstrap = format!("127.0.0.1:1, {},{}", agents[0].addr(), agents[1].addr());
+    let producer = producer(&bootstrap).await;
     let mut sent: BTreeMap<i32, Vec<Bytes>> = BTreeMap::new();
     for i in 0..100 {
         let partition = i % 2;

@@ -190,7 +190,7 @@ impl std::fmt::Debug for Admin {
 }
 
 impl Admin {
-    /// Connects to `bootstrap` ("host:port").
+    /// Connects to `bootstrap` ("host:port", or a comma-separated list of them).
     pub async fn connect(bootstrap: &str) -> Result<Admin, ClientError> {
         Self::connect_with_timeout(bootstrap, DEFAULT_REQUEST_TIMEOUT).await
     }

@@ -62,6 +62,12 @@ impl Cluster {
         })
     }
 
+    fn no_bootstrap(&self) -> ClientError {
+        ClientError::NotFound {
+            what: format!("a bootstrap address in {:?}", self.bootstrap),
+        }
+    }
+
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -74,24 +80,30 @@ impl Cluster {
                 return Ok(c.clone());
             }
         }
-        match self.connection_to(None, &self.bootstrap).await {
-            Ok(c) => Ok(c),
-            Err(e) => {
-                // Bootstrap is down: try any broker we learned about.
-                let brokers: Vec<(i32, String)> = self
-                    .state()
-                    .brokers
-                    .iter()
-                    .map(|(id, a)| (*id, a.clone()))
-                    .collect();
-                for (id, addr) in brokers {
-                    if let Ok(c) = self.connection_to(Some(id), &addr).await {
-                        return Ok(c);
-                    }
+        // The bootstrap list ("host:port[,host:port…]", like Kafka's bootstrap.servers):
+        // the first that answers.
+        let mut first_error = None;
+        for addr in bootstrap_addrs(&self.bootstrap) {
+            match self.connection_to(None, addr).await {
+                Ok(c) => return Ok(c),
+                Err(e) => {
+                    first_error.get_or_insert(e);
                 }
-                Err(e)
             }
         }
+        // Every bootstrap address is down: try any broker we learned about.
+        let brokers: Vec<(i32, String)> = self
+            .state()
+            .brokers
+            .iter()
+            .map(|(id, a)| (*id, a.clone()))
+            .collect();
+        for (id, addr) in brokers {
+            if let Ok(c) = self.connection_to(Some(id), &addr).await {
+                return Ok(c);
+            }
+        }
+        Err(first_error.unwrap_or_else(|| self.no_bootstrap()))
     }
 
     /// The pooled connection to broker `node_id`, opened (or reopened) as needed.
@@ -258,5 +270,22 @@ impl Cluster {
             .get(&partition)
             .copied()
             .ok_or_else(|| ClientError::kafka(3, Some(&format!("{topic}/{partition}"))))
+    }
+}
+
+/// The addresses of a bootstrap list: comma-separated, blanks ignored.
+fn bootstrap_addrs(list: &str) -> impl Iterator<Item = &str> {
+    list.split(',').map(str::trim).filter(|a| !a.is_empty())
+}
+
+#[cfg(test)]
+mod bootstrap_tests {
+    use super::bootstrap_addrs;
+
+    #[test]
+    fn bootstrap_lists_split_on_commas() {
+        let addrs: Vec<&str> = bootstrap_addrs(" a:1, b:2,,c:3 ").collect();
+        assert_eq!(addrs, ["a:1", "b:2", "c:3"]);
+        assert_eq!(bootstrap_addrs("").count(), 0);
     }
 }

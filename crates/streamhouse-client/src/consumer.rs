@@ -156,7 +156,7 @@ struct PartitionResult {
 }
 
 impl Consumer {
-    /// Connects to `bootstrap`.
+    /// Connects to `bootstrap` ("host:port" or a comma-separated list).
     pub async fn new(bootstrap: &str, config: ConsumerConfig) -> Result<Consumer, ClientError> {
         let membership = match &config.group_id {
             Some(group) if group.is_empty() => {

@@ -571,7 +571,8 @@ impl std::fmt::Debug for Producer {
 }
 
 impl Producer {
-    /// Connects to `bootstrap` and starts the background sender.
+    /// Connects to `bootstrap` ("host:port" or a comma-separated list) and starts the
+    /// background sender.
     ///
     /// An idempotent producer (the default) also asks for its producer id here.
     pub async fn new(bootstrap: &str, config: ProducerConfig) -> Result<Producer, ClientError> {
