@@ -443,6 +443,32 @@ async fn settle(
 
 /// A producer that retries retriable errors until its delivery timeout (acks = -1,
 /// idempotent: the defaults).
+/// Two agents (`agent-a`, `agent-b`) and a two-partition `topic`, once each agent leads one
+/// partition; returns the agents and the topic's leases.
+async fn two_agents_one_partition_each(
+    stores: &Stores,
+    topic: &str,
+    extra: &[&str],
+) -> ([Agent; 2], BTreeMap<i32, (String, i64)>) {
+    let agents = [
+        stores.agent("agent-a", "default", extra),
+        stores.agent("agent-b", "default", extra),
+    ];
+    let admin = Admin::connect(agents[0].addr()).await.expect("admin");
+    admin.create_topic(topic, 2, &[]).await.expect("create");
+    let leases = poll(
+        Duration::from_secs(15),
+        "one partition per agent",
+        || {
+            let l = stores.topic_leases(topic);
+            (l.len() == 2 && counts(&l).len() == 2).then_some(l)
+        },
+        || format!("{:?}", stores.topic_leases(topic)),
+    )
+    .await;
+    (agents, leases)
+}
+
 async fn producer(bootstrap: &str) -> Arc<Producer> {
     producer_with_timeout(bootstrap, ProducerConfig::default().request_timeout).await
 }
@@ -686,23 +712,8 @@ async fn a_paused_leader_commits_nothing_after_its_lease_is_taken() {
     let stores = Stores::start();
     // Slow flushes, so that the agent has batches pending when it is paused.
     let extra = ["--flush-interval-ms", "20"];
-    let agents = [
-        stores.agent("agent-a", "default", &extra),
-        stores.agent("agent-b", "default", &extra),
-    ];
     let topic = "paused";
-    let admin = Admin::connect(agents[0].addr()).await.expect("admin");
-    admin.create_topic(topic, 2, &[]).await.expect("create");
-    let leases = poll(
-        Duration::from_secs(15),
-        "one partition per agent",
-        || {
-            let l = stores.topic_leases(topic);
-            (l.len() == 2 && counts(&l).len() == 2).then_some(l)
-        },
-        || format!("{:?}", stores.topic_leases(topic)),
-    )
-    .await;
+    let (agents, leases) = two_agents_one_partition_each(&stores, topic, &extra).await;
     let (victim_partition, (victim_id, victim_epoch)) = leases
         .iter()
         .next()
@@ -1124,23 +1135,8 @@ async fn fetch_from(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn any_agent_serves_fetches_of_committed_data() {
     let stores = Stores::start();
-    let agents = [
-        stores.agent("agent-a", "default", &[]),
-        stores.agent("agent-b", "default", &[]),
-    ];
     let topic = "reads";
-    let admin = Admin::connect(agents[0].addr()).await.expect("admin");
-    admin.create_topic(topic, 2, &[]).await.expect("create");
-    let leases = poll(
-        Duration::from_secs(15),
-        "one partition per agent",
-        || {
-            let l = stores.topic_leases(topic);
-            (l.len() == 2 && counts(&l).len() == 2).then_some(l)
-        },
-        || format!("{:?}", stores.topic_leases(topic)),
-    )
-    .await;
+    let (agents, leases) = two_agents_one_partition_each(&stores, topic, &[]).await;
     // A bootstrap list, like Kafka's bootstrap.servers; its first address is down.
     let bootstrap = format!("127.0.0.1:1, {},{}", agents[0].addr(), agents[1].addr());
     let producer = producer(&bootstrap).await;

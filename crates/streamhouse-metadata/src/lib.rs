@@ -220,15 +220,19 @@ pub fn validate_topic_name(name: &str) -> std::result::Result<(), String> {
             name.len()
         ));
     }
-    if let Some(c) = name
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
-    {
+    if let Some(c) = first_illegal_char(name) {
         return Err(format!(
             "topic name {name:?} contains {c:?}; only ASCII letters, digits, '.', '_' and '-' are allowed"
         ));
     }
     Ok(())
+}
+
+/// The first character of `name` outside Kafka's name alphabet `[A-Za-z0-9._-]` (topic and
+/// agent group names).
+pub(crate) fn first_illegal_char(name: &str) -> Option<char> {
+    name.chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
 }
 
 #[cfg(test)]

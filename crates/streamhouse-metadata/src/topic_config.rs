@@ -46,10 +46,7 @@ pub fn validate_agent_group(name: &str) -> Result<(), String> {
             "agent group {name:?} must be 1 to 64 characters long"
         ));
     }
-    if let Some(c) = name
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
-    {
+    if let Some(c) = crate::first_illegal_char(name) {
         return Err(format!(
             "agent group {name:?} may hold only letters, digits, '.', '_' and '-', not {c:?}"
         ));
@@ -178,5 +175,18 @@ mod tests {
         assert!(TopicConfig::parse(&configs(&[("segment.bytes", "1")])).is_err());
         assert!(TopicConfig::parse(&configs(&[("max.message.bytes", "big")])).is_err());
         assert!(TopicConfig::parse(&configs(&[("message.timestamp.type", "Now")])).is_err());
+    }
+
+    #[test]
+    fn agent_groups_are_named_like_topics() {
+        let c = TopicConfig::parse(&configs(&[(AGENT_GROUP_CONFIG, "analytics-1")])).unwrap();
+        assert_eq!(c.agent_group, "analytics-1");
+        assert_eq!(TopicConfig::default().agent_group, DEFAULT_AGENT_GROUP);
+        for bad in ["", "a b", "é", &"x".repeat(65)] {
+            assert!(
+                TopicConfig::parse(&configs(&[(AGENT_GROUP_CONFIG, bad)])).is_err(),
+                "{bad:?}"
+            );
+        }
     }
 }
