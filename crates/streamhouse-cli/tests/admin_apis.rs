@@ -296,3 +296,45 @@ async fn offset_for_leader_epoch_reports_where_each_lease_epoch_ended() {
         "later epochs: the current one"
     );
 }
+
+/// Every Metadata and DescribeCluster version encodes: fields a version lacks (the broker's
+/// rack before Metadata v1) are left out rather than breaking the response.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_metadata_and_describe_cluster_version_answers() {
+    use kafka_protocol::messages::MetadataRequest;
+    let dir = temp_dir();
+    let server = ServerProcess::start(Path::new(BIN), dir.path(), &["--agent-group", "east"]);
+    let admin = Admin::connect(&server.kafka_addr).await.unwrap();
+    admin.create_topic("versions", 2, &[]).await.unwrap();
+    let conn = Connection::connect(&server.kafka_addr).await.unwrap();
+    for version in 0..=12 {
+        // v0 asks for every topic with an empty list, later versions with none.
+        let request = MetadataRequest::default().with_topics((version == 0).then(Vec::new));
+        let response = conn
+            .send_capped(request, version)
+            .await
+            .unwrap_or_else(|e| panic!("Metadata v{version}: {e}"));
+        assert_eq!(response.brokers.len(), 1, "v{version}");
+        let rack = response.brokers[0].rack.as_ref().map(|r| r.to_string());
+        assert_eq!(
+            rack,
+            (version >= 1).then(|| "east".to_string()),
+            "v{version}"
+        );
+        let topic = response
+            .topics
+            .iter()
+            .find(|t| t.name.as_ref().is_some_and(|n| n.as_str() == "versions"))
+            .unwrap_or_else(|| panic!("Metadata v{version} lists the topic"));
+        assert_eq!(topic.partitions.len(), 2, "v{version}");
+    }
+    for version in 0..=1 {
+        let response = conn
+            .send_capped(DescribeClusterRequest::default(), version)
+            .await
+            .unwrap_or_else(|e| panic!("DescribeCluster v{version}: {e}"));
+        assert_eq!(response.brokers.len(), 1);
+        let rack = response.brokers[0].rack.as_ref().map(|r| r.to_string());
+        assert_eq!(rack.as_deref(), Some("east"));
+    }
+}
