@@ -274,34 +274,24 @@ impl Agent {
         // was paused past its lease), deleted, or moved to another group.
         let eligible: HashMap<&TopicPartition, &PartitionState> =
             partitions.iter().map(|p| (&p.tp, p)).collect();
-        let mut lost = Vec::new();
         let mut moved = Vec::new();
-        let mine: HashSet<TopicPartition> = {
-            let state = self.lock();
-            for tp in state.led.keys() {
-                match eligible.get(tp) {
-                    None => moved.push(tp.clone()),
+        let mut mine: HashSet<TopicPartition> = HashSet::new();
+        {
+            let mut state = self.lock();
+            let led: Vec<TopicPartition> = state.led.keys().cloned().collect();
+            for tp in led {
+                match eligible.get(&tp) {
+                    None => moved.push(tp),
                     Some(p) if p.lease.as_ref().is_some_and(|l| l.holder.0 != me) => {
-                        lost.push(tp.clone())
+                        warn!(%tp, "lease taken over by another agent");
+                        state.drop_led(&tp);
                     }
-                    Some(_) => {}
+                    Some(_) => {
+                        mine.insert(tp);
+                    }
                 }
             }
-            state
-                .led
-                .keys()
-                .filter(|tp| eligible.contains_key(tp))
-                .cloned()
-                .collect()
-        };
-        for tp in lost {
-            warn!(%tp, "lease taken over by another agent");
-            self.lock().drop_led(&tp);
         }
-        let mine: HashSet<TopicPartition> = mine
-            .into_iter()
-            .filter(|tp| self.lock().led.contains_key(tp))
-            .collect();
 
         // Partitions free (no live lease, not ours) since when: overdue after a few rounds.
         let overdue: HashSet<TopicPartition> = {
