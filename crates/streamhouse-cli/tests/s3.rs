@@ -19,19 +19,8 @@ const SECRET_KEY: &str = S3_SECRET_KEY;
 async fn records_round_trip_through_s3_and_survive_kill_9() {
     let s3_root = temp_dir();
     let s3 = S3Server::start(s3_root.path(), "bucket");
-    let s3_args = [
-        "--object-store-url",
-        "s3://bucket/prefix",
-        "--s3-endpoint",
-        s3.endpoint.as_str(),
-        "--s3-region",
-        "us-east-1",
-        "--s3-access-key-id",
-        ACCESS_KEY,
-        "--s3-secret-access-key",
-        SECRET_KEY,
-        "--s3-allow-http",
-    ];
+    let s3_args = s3.serve_args("bucket", "prefix");
+    let s3_args: Vec<&str> = s3_args.iter().map(String::as_str).collect();
 
     let dir = temp_dir();
     let mut server = ServerProcess::start(Path::new(BIN), dir.path(), &s3_args);
@@ -101,7 +90,7 @@ async fn records_round_trip_through_s3_and_survive_kill_9() {
 
     // After kill -9 and a restart without a cache every read is a ranged GET from S3.
     server.kill9();
-    let mut args = s3_args.to_vec();
+    let mut args = s3_args.clone();
     args.extend(["--cache-max-bytes", "0"]);
     let server = ServerProcess::start(Path::new(BIN), dir.path(), &args);
     check(
