@@ -54,7 +54,7 @@ impl Agent {
                 topic: topic.to_string(),
             })?
             .partitions;
-        if partitions <= current {
+        if partitions <= current || partitions > crate::agent::MAX_PARTITIONS {
             return Err(AgentError::InvalidPartitions { partitions });
         }
         self.metadata

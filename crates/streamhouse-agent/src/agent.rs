@@ -27,6 +27,7 @@ use crate::config::AgentConfig;
 use crate::error::AgentError;
 use crate::leases::Led;
 use crate::producers::{self, BatchIds, Verdict};
+use crate::stats::{self, FlushStage, Throughput};
 
 /// What a producer learns once its batch is durable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -198,6 +199,10 @@ pub struct Agent {
     flushing: tokio::sync::Mutex<()>,
     /// Wakes the lease keeper for a balance round.
     pub(crate) rebalance_wanted: Notify,
+    /// Set once a balance round has completed successfully (see [`Agent::is_ready`]).
+    pub(crate) ready: AtomicBool,
+    /// Produce and fetch totals since start (see [`Agent::throughput`]).
+    pub(crate) throughput: Throughput,
 }
 
 impl std::fmt::Debug for Agent {
@@ -220,6 +225,19 @@ impl Agent {
     /// Registers the agent, acquires the leases it can, and returns it. Call
     /// [`Agent::run`] to start flushing and renewing.
     pub async fn start(
+        config: AgentConfig,
+        metadata: Arc<dyn MetadataStore>,
+        storage: ObjectStorage,
+    ) -> Result<Arc<Agent>, AgentError> {
+        let agent = Agent::register(config, metadata, storage).await?;
+        agent.balance().await?;
+        info!(agent = %agent.config.agent_id, node_id = agent.info.node_id,
+              partitions = agent.lock().led.len(), "agent started");
+        Ok(agent)
+    }
+
+    /// Registers the agent and returns it, before any balance round.
+    pub(crate) async fn register(
         config: AgentConfig,
         metadata: Arc<dyn MetadataStore>,
         storage: ObjectStorage,
@@ -252,10 +270,9 @@ impl Agent {
             acquiring: tokio::sync::Mutex::new(()),
             flushing: tokio::sync::Mutex::new(()),
             rebalance_wanted: Notify::new(),
+            ready: AtomicBool::new(false),
+            throughput: Throughput::default(),
         });
-        agent.balance().await?;
-        info!(agent = %agent.config.agent_id, node_id = agent.info.node_id,
-              partitions = agent.lock().led.len(), "agent started");
         Ok(agent)
     }
 
@@ -602,21 +619,33 @@ impl Agent {
             commit.entry.byte_start = chunk.byte_start;
             commit.entry.byte_len = chunk.byte_len;
         }
+        let record_batches = waiting
+            .iter()
+            .flat_map(|(_, batches, _)| batches)
+            .map(|(b, _, _)| b.spans.len())
+            .sum();
+        stats::flush_object(size, record_batches);
 
         let outcome = match self.storage.put_new(&key, object).await {
-            Err(e) => Err(format!("object write failed: {}", error_chain(&e))),
-            Ok(()) => self
-                .metadata
-                .commit(
-                    &ObjectRecord {
-                        key: key.clone(),
-                        size_bytes: size,
-                        writer: self.config.agent_id.clone(),
-                    },
-                    &commits,
-                )
-                .await
-                .map_err(|e| {
+            Err(e) => Err((
+                FlushStage::ObjectStore,
+                format!("object write failed: {}", error_chain(&e)),
+            )),
+            Ok(()) => {
+                let committing = Instant::now();
+                let committed = self
+                    .metadata
+                    .commit(
+                        &ObjectRecord {
+                            key: key.clone(),
+                            size_bytes: size,
+                            writer: self.config.agent_id.clone(),
+                        },
+                        &commits,
+                    )
+                    .await;
+                stats::commit_done(committing.elapsed());
+                committed.map_err(|e| {
                     // The commit may or may not have landed: reload the partitions' high
                     // watermarks before their next flush.
                     let mut state = self.lock();
@@ -625,13 +654,17 @@ impl Agent {
                             led.stale = true;
                         }
                     }
-                    format!("metadata commit failed: {}", error_chain(&e))
-                }),
+                    (
+                        FlushStage::Metadata,
+                        format!("metadata commit failed: {}", error_chain(&e)),
+                    )
+                })
+            }
         };
 
         let results = match outcome {
             Ok(results) => results,
-            Err(reason) => {
+            Err((stage, reason)) => {
                 warn!(object = %key, %reason, batches = waiting.iter().map(|w| w.1.len()).sum::<usize>(),
                       "flush failed; its batches are answered with a retriable error");
                 // Nothing moved: neither offsets nor any producer's sequence state.
@@ -645,16 +678,20 @@ impl Agent {
                         state.settle(b, Err(e));
                     }
                 }
+                drop(state);
+                stats::flush_done(started.elapsed(), Some(stage));
                 return;
             }
         };
 
         let mut state = self.lock();
+        let mut durable = Vec::with_capacity(waiting.len());
         for ((tp, batches, retries), (result, commit)) in
             waiting.into_iter().zip(results.into_iter().zip(&commits))
         {
             match result {
                 Ok(()) => {
+                    durable.push(commit);
                     let log_start_offset = match state.led.get_mut(&tp) {
                         Some(led) => {
                             led.next_offset = commit.entry.end_offset;
@@ -704,6 +741,14 @@ impl Agent {
         }
         drop(state);
         self.commits.send_modify(|n| *n += 1);
+        for commit in durable {
+            let entry = &commit.entry;
+            // The entry's offsets were numbered from the batches' record counts.
+            let records = u64::try_from(entry.end_offset.0 - entry.base_offset.0).unwrap_or(0);
+            self.throughput
+                .produced(&entry.tp.topic, records, entry.byte_len);
+        }
+        stats::flush_done(started.elapsed(), None);
         debug!(object = %key, bytes = size, elapsed = ?started.elapsed(), "flushed");
     }
 
@@ -741,7 +786,7 @@ impl Agent {
         configs: &BTreeMap<String, String>,
     ) -> Result<Topic, AgentError> {
         validate_topic_name(name).map_err(|reason| AgentError::InvalidTopic { reason })?;
-        if partitions < 1 {
+        if !(1..=MAX_PARTITIONS).contains(&partitions) {
             return Err(AgentError::InvalidPartitions { partitions });
         }
         TopicConfig::parse(configs).map_err(|reason| AgentError::InvalidConfig { reason })?;
@@ -823,6 +868,10 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
     }
     s
 }
+
+/// Most partitions one topic may have: a request for a million partitions (a typo, or a
+/// fuzzer) would otherwise create a million rows and leases before anyone could stop it.
+pub const MAX_PARTITIONS: i32 = 10_000;
 
 /// How long to wait between lease-keeping rounds when a round fails.
 pub(crate) const RETRY_PAUSE: Duration = Duration::from_millis(500);

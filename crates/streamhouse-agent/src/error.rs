@@ -36,7 +36,7 @@ pub enum AgentError {
     InvalidTopic { reason: String },
     #[error("topic {topic:?} already exists")]
     TopicAlreadyExists { topic: String },
-    #[error("invalid partition count {partitions}")]
+    #[error("invalid partition count {partitions} (a topic has 1 to 10000 partitions)")]
     InvalidPartitions { partitions: i32 },
     #[error("invalid topic config: {reason}")]
     InvalidConfig { reason: String },

@@ -13,6 +13,7 @@
 //! away by force, so assignment is sticky, and an acquisition always starts a new epoch.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -352,7 +353,16 @@ impl Agent {
                 "handed partitions off to balance the group"
             );
         }
+        self.ready.store(true, Ordering::Release);
         Ok(settled)
+    }
+
+    /// Whether a balance round (learning the group's live agents and partitions, and taking
+    /// this agent's share of the leases) has completed successfully. [`Agent::start`] runs
+    /// the first round and fails without it, so an agent it returned is ready; a later round
+    /// that fails does not make it unready.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
     }
 
     /// Graceful handoff: stop accepting appends for `tp`, flush what is pending, then
@@ -524,6 +534,19 @@ fn rendezvous_weight(key: &str, agent: &str) -> u32 {
 mod tests {
     use super::*;
     use streamhouse_metadata::{AgentId, Lease};
+
+    #[tokio::test]
+    async fn an_agent_is_ready_once_a_balance_round_has_completed() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/metadata.db", dir.path().display());
+        let metadata = streamhouse_metadata::open(&url).await.unwrap();
+        let storage = streamhouse_storage::ObjectStorage::open("memory://", 0).unwrap();
+        let config = crate::AgentConfig::for_tests("a", "127.0.0.1:9092");
+        let agent = Agent::register(config, metadata, storage).await.unwrap();
+        assert!(!agent.is_ready(), "registered, but no round yet");
+        agent.balance().await.unwrap();
+        assert!(agent.is_ready());
+    }
 
     fn partitions(n: i32, holders: &[(i32, &str)]) -> Vec<PartitionState> {
         (0..n)

@@ -7,6 +7,8 @@
 //! - [`leases`]: acquiring, renewing and releasing partition leases.
 //! - `producers`: idempotent producers: InitProducerId and per-partition sequence checks.
 //! - `admin`: topic configs, partition increases, DeleteRecords.
+//! - `stats`: the agent's metrics and throughput totals; [`describe_metrics`] gives the
+//!   metrics their help text and is called once at start by whoever installs the recorder.
 //!
 //! The agent keeps no state that the metadata store does not also have: after a crash a new
 //! agent reloads high watermarks from the store and continues from them.
@@ -18,7 +20,9 @@ pub mod error;
 mod leases;
 mod producers;
 mod read;
+mod stats;
 
-pub use agent::{error_chain, Agent, Appended, OffsetSpec, ReadResult};
+pub use agent::{error_chain, Agent, Appended, OffsetSpec, ReadResult, MAX_PARTITIONS};
 pub use config::AgentConfig;
 pub use error::AgentError;
+pub use stats::{describe_metrics, ThroughputTotals};

@@ -14,6 +14,8 @@ impl Agent {
     /// Reads committed record batches of `tp` starting at the batch that holds `offset`,
     /// whole batches only, up to about `max_bytes`. When `at_least_one` is set the first batch
     /// is returned even if it alone exceeds `max_bytes`, so a consumer always progresses.
+    /// What is returned counts in the fetch totals of [`Agent::throughput`] and the
+    /// `streamhouse_fetch_*` metrics.
     pub async fn read(
         &self,
         tp: &TopicPartition,
@@ -37,6 +39,7 @@ impl Agent {
         }
         let mut position = offset;
         let mut size = 0usize;
+        let mut records = 0u64;
         'entries: while position < high_watermark {
             let entries = self
                 .metadata
@@ -52,7 +55,11 @@ impl Agent {
                 }
                 let range = entry.byte_start..entry.byte_start + entry.byte_len;
                 let chunk = self.storage().read_range(&entry.object_key, range).await?;
-                let (start, end) = trim_chunk(
+                let Trimmed {
+                    start,
+                    end,
+                    records: in_range,
+                } = trim_chunk(
                     &chunk,
                     position,
                     max_bytes.saturating_sub(size),
@@ -60,6 +67,7 @@ impl Agent {
                 );
                 if start < end {
                     size += end - start;
+                    records += in_range;
                     result.records.push(chunk.slice(start..end));
                 }
                 if end < chunk.len() || size >= max_bytes {
@@ -67,6 +75,9 @@ impl Agent {
                 }
                 position = entry.end_offset;
             }
+        }
+        if !result.records.is_empty() {
+            self.throughput.fetched(&tp.topic, records, size as u64);
         }
         Ok(result)
     }
@@ -155,11 +166,21 @@ impl Agent {
     }
 }
 
+/// The part of a chunk a read returns.
+#[derive(Debug)]
+struct Trimmed {
+    start: usize,
+    end: usize,
+    /// The records of the whole batches in `start..end`, from their headers.
+    records: u64,
+}
+
 /// The byte range of `chunk` to return: from the batch holding `offset`, whole batches up to
 /// `budget` bytes (at least one batch if `at_least_one`).
-fn trim_chunk(chunk: &Bytes, offset: Offset, budget: usize, at_least_one: bool) -> (usize, usize) {
+fn trim_chunk(chunk: &Bytes, offset: Offset, budget: usize, at_least_one: bool) -> Trimmed {
     let mut start = None;
     let mut end = 0;
+    let mut records = 0u64;
     for span in batch::walk(chunk) {
         if span.header.last_offset() < offset.0 {
             continue;
@@ -170,9 +191,18 @@ fn trim_chunk(chunk: &Bytes, offset: Offset, budget: usize, at_least_one: bool) 
             break;
         }
         end = span.range.end;
+        records += u64::try_from(span.header.record_count).unwrap_or(0);
     }
     match start {
-        Some(start) if end > start => (start, end),
-        _ => (0, 0),
+        Some(start) if end > start => Trimmed {
+            start,
+            end,
+            records,
+        },
+        _ => Trimmed {
+            start: 0,
+            end: 0,
+            records: 0,
+        },
     }
 }

@@ -1,6 +1,7 @@
 //! The write path's invariants, on a real SQLite store and object store: offsets 0,1,2,…
 //! per partition with no gap and no duplicate, whatever the interleaving of producers,
-//! partitions and flushes; failed flushes use up no offset; stale leaders are fenced.
+//! partitions and flushes; failed flushes use up no offset; stale leaders are fenced; the
+//! produce metrics count durable records only.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -9,8 +10,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use kafka_protocol::records::RecordBatchDecoder;
+use metrics::{Key, Label, SharedString, Unit};
+use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+use metrics_util::{CompositeKey, MetricKind};
 use proptest::prelude::*;
-use streamhouse_agent::{Agent, AgentConfig, AgentError, OffsetSpec};
+use streamhouse_agent::{Agent, AgentConfig, AgentError, OffsetSpec, ThroughputTotals};
 use streamhouse_metadata::*;
 use streamhouse_storage::ObjectStorage;
 
@@ -79,6 +83,9 @@ impl MetadataStore for Faulty {
     }
     async fn list_all_partitions(&self) -> Result<Vec<PartitionState>> {
         self.inner.list_all_partitions().await
+    }
+    async fn partition_sizes(&self) -> Result<Vec<(TopicPartition, u64)>> {
+        self.inner.partition_sizes().await
     }
     async fn acquire_lease(
         &self,
@@ -658,4 +665,144 @@ proptest! {
             Ok::<(), TestCaseError>(())
         })?;
     }
+}
+
+/// What a debugging recorder saw, by metric.
+type Recorded = HashMap<CompositeKey, (Option<Unit>, Option<SharedString>, DebugValue)>;
+
+fn metric(name: &'static str, kind: MetricKind, labels: &[(&'static str, &str)]) -> CompositeKey {
+    let labels: Vec<Label> = labels
+        .iter()
+        .map(|(k, v)| Label::new(*k, v.to_string()))
+        .collect();
+    CompositeKey::new(kind, Key::from_parts(name, labels))
+}
+
+/// A counter's value (0 if it was never touched).
+fn counter(recorded: &Recorded, name: &'static str, labels: &[(&'static str, &str)]) -> u64 {
+    match recorded.get(&metric(name, MetricKind::Counter, labels)) {
+        Some((_, _, DebugValue::Counter(n))) => *n,
+        _ => 0,
+    }
+}
+
+/// A label-less histogram's values.
+fn histogram(recorded: &Recorded, name: &'static str) -> Vec<f64> {
+    match recorded.get(&metric(name, MetricKind::Histogram, &[])) {
+        Some((_, _, DebugValue::Histogram(values))) => values.iter().map(|v| v.0).collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// Produce metrics count only what a commit made durable; a failed flush counts as a failure
+/// of its stage and nothing else; reads count the whole batches they return. The throughput
+/// totals agree with the metrics throughout.
+#[tokio::test]
+async fn metrics_count_durable_records_and_returned_batches() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let _local = metrics::set_default_local_recorder(&recorder);
+    let setup = Setup::new().await;
+    let agent = setup.agent("a", Duration::from_secs(60)).await;
+    assert!(agent.is_ready(), "start runs the first balance round");
+    agent.create_topic("t", 2, &BTreeMap::new()).await.unwrap();
+    let (p0, p1) = (TopicPartition::new("t", 0), TopicPartition::new("t", 1));
+    let values = |n: usize| (0..n).map(|i| vec![b'v'; i + 1]).collect::<Vec<_>>();
+    let (b1, b2, b3) = (
+        batch(&values(3), 1),
+        batch(&values(2), 2),
+        batch(&values(4), 3),
+    );
+    let mut waiting = Vec::new();
+    for (tp, b) in [(&p0, &b1), (&p0, &b2), (&p1, &b3)] {
+        waiting.push(agent.append(tp, b.clone()).await.unwrap());
+    }
+    agent.flush().await;
+    for rx in waiting {
+        rx.await.unwrap().unwrap();
+    }
+
+    // A failed commit, then a failed object write: nothing more is durable.
+    setup.faulty.fail_commits.store(true, Ordering::SeqCst);
+    let rx = agent.append(&p0, batch(&values(5), 4)).await.unwrap();
+    agent.flush().await;
+    assert!(rx.await.unwrap().is_err());
+    setup.faulty.fail_commits.store(false, Ordering::SeqCst);
+    let objects = setup.dir.path().join("objects/data");
+    std::fs::rename(&objects, setup.dir.path().join("moved")).unwrap();
+    std::fs::write(&objects, b"not a directory").unwrap();
+    let rx = agent.append(&p1, batch(&values(6), 5)).await.unwrap();
+    agent.flush().await;
+    assert!(rx.await.unwrap().is_err());
+    std::fs::remove_file(&objects).unwrap();
+    std::fs::rename(setup.dir.path().join("moved"), &objects).unwrap();
+
+    let produced_bytes = (b1.len() + b2.len() + b3.len()) as u64;
+    let m = snapshotter.snapshot().into_hashmap();
+    let topic = [("topic", "t")];
+    assert_eq!(counter(&m, "streamhouse_produce_records_total", &topic), 9);
+    assert_eq!(
+        counter(&m, "streamhouse_produce_bytes_total", &topic),
+        produced_bytes
+    );
+    let failures = "streamhouse_flush_failures_total";
+    assert_eq!(counter(&m, failures, &[("stage", "metadata")]), 1);
+    assert_eq!(counter(&m, failures, &[("stage", "object_store")]), 1);
+    assert_eq!(
+        histogram(&m, "streamhouse_flush_batches"),
+        vec![3.0, 1.0, 1.0]
+    );
+    let sizes = histogram(&m, "streamhouse_flush_bytes");
+    assert_eq!(sizes.len(), 3);
+    assert!(
+        sizes[0] > produced_bytes as f64,
+        "the object holds the batches and a footer"
+    );
+    assert_eq!(histogram(&m, "streamhouse_flush_duration_seconds").len(), 3);
+    assert_eq!(
+        histogram(&m, "streamhouse_metadata_commit_duration_seconds").len(),
+        2,
+        "the failed object write made no commit"
+    );
+    assert_eq!(
+        agent.throughput(),
+        ThroughputTotals {
+            produce_records: 9,
+            produce_bytes: produced_bytes,
+            fetch_records: 0,
+            fetch_bytes: 0,
+        }
+    );
+
+    // Offset 4 is in the second batch of p0 (offsets 3 and 4): that batch alone is returned.
+    let read = agent.read(&p0, Offset(4), 1 << 20, true).await.unwrap();
+    assert_eq!(read.records.len(), 1);
+    assert_eq!(read.len(), b2.len());
+    let read = agent.read(&p1, Offset(0), 1 << 20, true).await.unwrap();
+    assert_eq!(read.len(), b3.len());
+    // Nothing to return: nothing counted.
+    let read = agent.read(&p1, Offset(4), 1 << 20, true).await.unwrap();
+    assert!(read.is_empty());
+
+    let fetched_bytes = (b2.len() + b3.len()) as u64;
+    let m = snapshotter.snapshot().into_hashmap();
+    assert_eq!(counter(&m, "streamhouse_fetch_records_total", &topic), 6);
+    assert_eq!(
+        counter(&m, "streamhouse_fetch_bytes_total", &topic),
+        fetched_bytes
+    );
+    assert_eq!(
+        counter(&m, "streamhouse_produce_records_total", &topic),
+        0,
+        "counted once"
+    );
+    assert_eq!(
+        agent.throughput(),
+        ThroughputTotals {
+            produce_records: 9,
+            produce_bytes: produced_bytes,
+            fetch_records: 6,
+            fetch_bytes: fetched_bytes,
+        }
+    );
 }

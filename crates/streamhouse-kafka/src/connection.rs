@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use crate::handlers::Handler;
+use crate::stats::OpenConnection;
 
 /// Requests read but not yet answered, per connection; reading pauses beyond this.
 const MAX_IN_FLIGHT: usize = 512;
@@ -42,6 +43,7 @@ pub async fn serve(
     max_request_bytes: usize,
     shutdown: CancellationToken,
 ) {
+    let _open = OpenConnection::new();
     let _ = stream.set_nodelay(true);
     let (read_half, mut write_half) = stream.into_split();
     let (responses, mut queue) = mpsc::channel::<JoinHandle<Option<Bytes>>>(MAX_IN_FLIGHT);

@@ -62,6 +62,11 @@ pub trait MetadataStore: Send + Sync + std::fmt::Debug {
     /// (unexpired) lease: what an agent balances leases over, in one query.
     async fn list_all_partitions(&self) -> Result<Vec<PartitionState>>;
 
+    /// The stored bytes of every partition that has any: the sum of the byte lengths of its
+    /// index entries that still hold readable offsets (ending after the log start offset),
+    /// ordered by topic and partition.
+    async fn partition_sizes(&self) -> Result<Vec<(TopicPartition, u64)>>;
+
     /// Registers (or re-registers) an agent and records a heartbeat. Returns the agent with
     /// its node id, which stays the same across restarts.
     async fn register_agent(&self, agent: &AgentRegistration) -> Result<AgentInfo>;

@@ -527,6 +527,28 @@ impl MetadataStore for PostgresStore {
         rows.iter().map(partition_from_row).collect()
     }
 
+    async fn partition_sizes(&self) -> Result<Vec<(TopicPartition, u64)>> {
+        let rows = sqlx::query(
+            "SELECT e.topic, e.partition_id, CAST(SUM(e.byte_len) AS BIGINT) AS bytes FROM index_entries e \
+             JOIN partitions p ON p.topic = e.topic AND p.partition_id = e.partition_id \
+             WHERE e.end_offset > p.log_start_offset \
+             GROUP BY e.topic, e.partition_id ORDER BY e.topic, e.partition_id",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(MetadataError::db("partition sizes"))?;
+        rows.iter()
+            .map(|row| {
+                let tp = TopicPartition::new(
+                    get::<String>(row, "topic")?,
+                    get::<i32>(row, "partition_id")?,
+                );
+                // A sum of non-negative lengths; a negative one would be a corrupt row.
+                Ok((tp, u64::try_from(get::<i64>(row, "bytes")?).unwrap_or(0)))
+            })
+            .collect()
+    }
+
     async fn register_agent(&self, agent: &AgentRegistration) -> Result<AgentInfo> {
         let mut tx = self.begin("begin register agent").await?;
         // Node ids are MAX + 1: two first registrations at once would pick the same one, so

@@ -330,6 +330,36 @@ impl MetadataStore for SqliteStore {
         Ok(rows.iter().map(partition_from_row).collect())
     }
 
+    async fn partition_sizes(&self) -> Result<Vec<(TopicPartition, u64)>> {
+        let rows = sqlx::query(
+            "SELECT e.topic, e.partition_id, CAST(SUM(e.byte_len) AS BIGINT) AS bytes FROM index_entries e \
+             JOIN partitions p ON p.topic = e.topic AND p.partition_id = e.partition_id \
+             WHERE e.end_offset > p.log_start_offset \
+             GROUP BY e.topic, e.partition_id ORDER BY e.topic, e.partition_id",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(MetadataError::db("partition sizes"))?;
+        rows.iter()
+            .map(|row| {
+                let topic: String = row
+                    .try_get("topic")
+                    .map_err(MetadataError::db("partition sizes"))?;
+                let partition: i32 = row
+                    .try_get("partition_id")
+                    .map_err(MetadataError::db("partition sizes"))?;
+                let bytes: i64 = row
+                    .try_get("bytes")
+                    .map_err(MetadataError::db("partition sizes"))?;
+                // A sum of non-negative lengths; a negative one would be a corrupt row.
+                Ok((
+                    TopicPartition::new(topic, partition),
+                    u64::try_from(bytes).unwrap_or(0),
+                ))
+            })
+            .collect()
+    }
+
     async fn register_agent(&self, agent: &AgentRegistration) -> Result<AgentInfo> {
         let mut tx = self.write_tx("begin register agent").await?;
         sqlx::query(&format!(

@@ -752,6 +752,18 @@ async fn topics_can_be_reconfigured_grown_and_trimmed() {
             (p.log_start_offset, p.high_watermark),
             (Offset(4), Offset(10))
         );
+        // Stored bytes: the entries that still hold readable offsets.
+        assert_eq!(store.partition_sizes().await.unwrap(), [(tp.clone(), 10)]);
+        store
+            .commit(
+                &object("o2", &a),
+                &[commit_for(&a, lease.epoch, &tp, 10, 12, "o2")],
+            )
+            .await
+            .unwrap();
+        assert_eq!(store.partition_sizes().await.unwrap(), [(tp.clone(), 20)]);
+        store.advance_log_start(&tp, Offset(10)).await.unwrap();
+        assert_eq!(store.partition_sizes().await.unwrap(), [(tp.clone(), 10)]);
     }
 }
 

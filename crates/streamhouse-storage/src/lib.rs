@@ -3,7 +3,8 @@
 //! - [`batch`]: Kafka RecordBatch v2 validation and the few header fields the agent sets.
 //! - [`object`]: the object layout (one object holds the batches of many partitions).
 //! - [`cache`]: an in-memory LRU of recent object bytes.
-//! - [`store`]: object store I/O (create-only puts, ranged gets) through the cache.
+//! - [`store`]: object store I/O (create-only puts, ranged gets) through the cache, and its
+//!   metrics ([`describe_metrics`], called once at start by whoever installs the recorder).
 
 pub mod batch;
 pub mod cache;
@@ -14,4 +15,4 @@ pub mod store;
 pub use batch::{BatchError, BatchHeader};
 pub use error::StorageError;
 pub use object::{ChunkLocation, ObjectBuilder};
-pub use store::{ObjectStorage, S3Options};
+pub use store::{describe_metrics, ObjectStorage, S3Options};

@@ -1,17 +1,73 @@
 //! Object store I/O: create-only puts and ranged gets, through the read cache.
+//!
+//! Every request is counted twice: in [`StoreStats`] (the bench reads those) and in the
+//! `streamhouse_object_store_*` and `streamhouse_cache_hits_total` metrics, which
+//! [`describe_metrics`] describes.
 
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
+use metrics::{counter, describe_counter, describe_histogram, histogram, Unit};
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 
 use crate::cache::ObjectCache;
 use crate::error::StorageError;
 
-/// Counters of object store traffic (for the bench and, later, metrics).
+const REQUESTS: &str = "streamhouse_object_store_requests_total";
+const BYTES: &str = "streamhouse_object_store_bytes_total";
+const LATENCY: &str = "streamhouse_object_store_latency_seconds";
+const ERRORS: &str = "streamhouse_object_store_errors_total";
+const CACHE_HITS: &str = "streamhouse_cache_hits_total";
+
+/// A key no object is ever written under: [`ObjectStorage::ping`] asks for it.
+const PING_KEY: &str = "streamhouse-ping/never-written";
+
+/// Gives the object store metrics their help text and units. Call once at start, after the
+/// `metrics` recorder is installed.
+pub fn describe_metrics() {
+    describe_counter!(
+        REQUESTS,
+        Unit::Count,
+        "Object store requests, by op (put, get), failed ones included."
+    );
+    describe_counter!(
+        BYTES,
+        Unit::Bytes,
+        "Bytes written (put) and read (get) by successful object store requests."
+    );
+    describe_histogram!(
+        LATENCY,
+        Unit::Seconds,
+        "Duration of each object store request, by op."
+    );
+    describe_counter!(
+        ERRORS,
+        Unit::Count,
+        "Object store requests that failed, by op, whatever the cause."
+    );
+    describe_counter!(
+        CACHE_HITS,
+        Unit::Count,
+        "Ranged reads answered by the in-memory cache without an object store request."
+    );
+}
+
+/// Records one object store request that started at `started`: its duration, and the bytes
+/// it moved (`Some`) or its failure (`None`).
+fn observe(op: &'static str, started: Instant, moved: Option<u64>) {
+    counter!(REQUESTS, "op" => op).increment(1);
+    histogram!(LATENCY, "op" => op).record(started.elapsed().as_secs_f64());
+    match moved {
+        Some(bytes) => counter!(BYTES, "op" => op).increment(bytes),
+        None => counter!(ERRORS, "op" => op).increment(1),
+    }
+}
+
+/// Counters of object store traffic (for the bench; the metrics count the same requests).
 #[derive(Debug, Default)]
 pub struct StoreStats {
     pub puts: AtomicU64,
@@ -167,7 +223,9 @@ impl ObjectStorage {
             mode: PutMode::Create,
             ..PutOptions::default()
         };
-        self.store
+        let started = Instant::now();
+        let written = self
+            .store
             .put_opts(
                 &Path::from(key),
                 PutPayload::from_bytes(bytes.clone()),
@@ -183,7 +241,9 @@ impl ObjectStorage {
                     key: key.to_string(),
                     source,
                 },
-            })?;
+            });
+        observe("put", started, written.as_ref().ok().map(|_| len));
+        written?;
         self.stats.puts.fetch_add(1, Ordering::Relaxed);
         self.stats.put_bytes.fetch_add(len, Ordering::Relaxed);
         self.cache.insert_object(key, bytes);
@@ -194,9 +254,11 @@ impl ObjectStorage {
     pub async fn read_range(&self, key: &str, range: Range<u64>) -> Result<Bytes, StorageError> {
         if let Some(bytes) = self.cache.get(key, &range) {
             self.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
+            counter!(CACHE_HITS).increment(1);
             return Ok(bytes);
         }
-        let bytes = self
+        let started = Instant::now();
+        let read = self
             .store
             .get_range(&Path::from(key), range.clone())
             .await
@@ -210,7 +272,9 @@ impl ObjectStorage {
                     key: key.to_string(),
                     source,
                 },
-            })?;
+            });
+        observe("get", started, read.as_ref().ok().map(|b| b.len() as u64));
+        let bytes = read?;
         self.stats.gets.fetch_add(1, Ordering::Relaxed);
         self.stats
             .get_bytes
@@ -221,29 +285,46 @@ impl ObjectStorage {
 
     /// Reads a whole object (tools and tests), bypassing the cache.
     pub async fn read_object(&self, key: &str) -> Result<Bytes, StorageError> {
-        let result =
-            self.store
-                .get(&Path::from(key))
-                .await
-                .map_err(|source| StorageError::Unavailable {
-                    context: "read",
-                    key: key.to_string(),
-                    source,
-                })?;
-        result
-            .bytes()
-            .await
-            .map_err(|source| StorageError::Unavailable {
-                context: "read",
-                key: key.to_string(),
+        let unavailable = |source| StorageError::Unavailable {
+            context: "read",
+            key: key.to_string(),
+            source,
+        };
+        let started = Instant::now();
+        let read = match self.store.get(&Path::from(key)).await {
+            Ok(result) => result.bytes().await.map_err(unavailable),
+            Err(source) => Err(unavailable(source)),
+        };
+        observe("get", started, read.as_ref().ok().map(|b| b.len() as u64));
+        read
+    }
+
+    /// Checks that the object store answers, with one cheap request (the metadata of a key
+    /// that is never written: "not found" is an answer). Not counted in [`StoreStats`] or
+    /// the request metrics.
+    pub async fn ping(&self) -> Result<(), StorageError> {
+        match self.store.head(&Path::from(PING_KEY)).await {
+            Ok(_) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(source) => Err(StorageError::Unavailable {
+                context: "reach",
+                key: PING_KEY.to_string(),
                 source,
-            })
+            }),
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use metrics::{Key, Label};
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+    use metrics_util::{CompositeKey, MetricKind};
+
+    type Snapshot = std::collections::HashMap<
+        CompositeKey,
+        (Option<Unit>, Option<metrics::SharedString>, DebugValue),
+    >;
 
     #[tokio::test]
     async fn objects_are_create_only_and_ranges_read_back() {
@@ -279,5 +360,85 @@ mod tests {
             Bytes::from_static(b"bc")
         );
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn ping_answers_while_the_store_can_be_asked() {
+        let memory = ObjectStorage::open("memory://", 0).unwrap();
+        memory.ping().await.unwrap();
+
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("file://{}", dir.path().display());
+        let local = ObjectStorage::open(&url, 0).unwrap();
+        local.ping().await.unwrap();
+        // A file where the ping key's directory would be: the store cannot look the key up.
+        std::fs::write(dir.path().join("streamhouse-ping"), b"in the way").unwrap();
+        let err = local.ping().await.unwrap_err();
+        assert!(matches!(err, StorageError::Unavailable { .. }), "{err}");
+        // Pings are not traffic.
+        assert_eq!(local.stats().gets.load(Ordering::Relaxed), 0);
+    }
+
+    /// A counter's value in a snapshot of a debugging recorder (0 when it was never touched).
+    fn counter(
+        snapshot: &Snapshot,
+        name: &'static str,
+        labels: &[(&'static str, &'static str)],
+    ) -> u64 {
+        let labels: Vec<Label> = labels.iter().map(|(k, v)| Label::new(*k, *v)).collect();
+        let key = CompositeKey::new(MetricKind::Counter, Key::from_parts(name, labels));
+        match snapshot.get(&key) {
+            Some((_, _, DebugValue::Counter(n))) => *n,
+            _ => 0,
+        }
+    }
+
+    #[tokio::test]
+    async fn requests_are_counted_in_metrics_and_stats_alike() {
+        let recorder = DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        let _local = metrics::set_default_local_recorder(&recorder);
+        let s = ObjectStorage::open("memory://", 1 << 20).unwrap();
+        s.put_new("a", Bytes::from_static(b"hello world"))
+            .await
+            .unwrap();
+        s.put_new("a", Bytes::from_static(b"again"))
+            .await
+            .unwrap_err();
+        // Cached by the put: no request.
+        assert_eq!(s.read_range("a", 0..5).await.unwrap(), &b"hello"[..]);
+        let uncached = ObjectStorage::new(s.store.clone(), 0);
+        assert_eq!(
+            uncached.read_range("a", 6..11).await.unwrap(),
+            &b"world"[..]
+        );
+        uncached.read_range("missing", 0..1).await.unwrap_err();
+        s.ping().await.unwrap();
+
+        let snapshot = snapshotter.snapshot().into_hashmap();
+        let requests = "streamhouse_object_store_requests_total";
+        let bytes = "streamhouse_object_store_bytes_total";
+        let errors = "streamhouse_object_store_errors_total";
+        assert_eq!(counter(&snapshot, requests, &[("op", "put")]), 2);
+        assert_eq!(counter(&snapshot, bytes, &[("op", "put")]), 11);
+        assert_eq!(counter(&snapshot, errors, &[("op", "put")]), 1);
+        assert_eq!(counter(&snapshot, requests, &[("op", "get")]), 2);
+        assert_eq!(counter(&snapshot, bytes, &[("op", "get")]), 5);
+        assert_eq!(counter(&snapshot, errors, &[("op", "get")]), 1);
+        assert_eq!(counter(&snapshot, "streamhouse_cache_hits_total", &[]), 1);
+        for op in ["put", "get"] {
+            let labels = vec![Label::new("op", op)];
+            let key = Key::from_parts("streamhouse_object_store_latency_seconds", labels);
+            match snapshot.get(&CompositeKey::new(MetricKind::Histogram, key)) {
+                Some((_, _, DebugValue::Histogram(seconds))) => assert_eq!(seconds.len(), 2),
+                other => panic!("no latency histogram for {op}: {other:?}"),
+            }
+        }
+        // The bench's counters count successful requests, as before.
+        assert_eq!(s.stats().puts.load(Ordering::Relaxed), 1);
+        assert_eq!(s.stats().put_bytes.load(Ordering::Relaxed), 11);
+        assert_eq!(s.stats().cache_hits.load(Ordering::Relaxed), 1);
+        assert_eq!(uncached.stats().gets.load(Ordering::Relaxed), 1);
+        assert_eq!(uncached.stats().get_bytes.load(Ordering::Relaxed), 5);
     }
 }

@@ -15,6 +15,7 @@ use tokio::time::Instant;
 use tracing::debug;
 
 use crate::errors::error_code;
+use crate::stats;
 
 /// How often a waiting Fetch re-reads partitions that another agent leads.
 const FOLLOWER_POLL: Duration = Duration::from_millis(100);
@@ -27,6 +28,9 @@ pub(crate) async fn handle(agent: &Arc<Agent>, request: FetchRequest) -> FetchRe
         .ok()
         .filter(|m| *m > 0)
         .unwrap_or(usize::MAX);
+    for topic in &request.topics {
+        stats::fetch_request(topic.topic.0.as_str());
+    }
     let mut commits = agent.commits();
     let led_elsewhere = request.topics.iter().any(|t| {
         t.partitions.iter().any(|p| {

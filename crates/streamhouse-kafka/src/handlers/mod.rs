@@ -18,6 +18,7 @@ mod produce;
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::{ApiKey, RequestHeader, RequestKind, ResponseHeader, ResponseKind};
@@ -28,6 +29,7 @@ use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 
 use crate::connection::ConnectionError;
+use crate::stats;
 pub use api_versions::SUPPORTED;
 
 /// Handles every API for one agent.
@@ -49,6 +51,7 @@ impl Handler {
         mut frame: Bytes,
         peer: SocketAddr,
     ) -> Result<JoinHandle<Option<Bytes>>, ConnectionError> {
+        let received = Instant::now();
         let malformed = |reason: String| ConnectionError::Malformed { reason };
         let (api_key, version, correlation_id) = match frame.get(..8) {
             Some(h) => (
@@ -61,6 +64,7 @@ impl Handler {
         let Some(key) = api_versions::supported_key(api_key) else {
             return Err(ConnectionError::Unsupported { api_key, version });
         };
+        stats::request(key);
         let range = key.valid_versions();
         let served = api_versions::served_range(key);
         if key == ApiKey::ApiVersions && version > served.1 {
@@ -92,12 +96,14 @@ impl Handler {
                 let pending = produce::submit(&self.agent, req).await;
                 tokio::spawn(async move {
                     let response = pending.await?;
-                    encode(
+                    let frame = encode(
                         key,
                         version,
                         correlation_id,
                         ResponseKind::Produce(response),
-                    )
+                    );
+                    stats::produce_answered(received.elapsed());
+                    frame
                 })
             }
             request => tokio::spawn(async move {

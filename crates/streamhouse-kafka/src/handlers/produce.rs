@@ -13,6 +13,7 @@ use tracing::debug;
 
 use crate::errors::{error_code, message};
 use crate::handlers::str_bytes;
+use crate::stats;
 
 enum Outcome {
     Waiting(oneshot::Receiver<Result<Appended, AgentError>>),
@@ -31,6 +32,7 @@ pub(crate) async fn submit(
     let mut topics = Vec::with_capacity(request.topic_data.len());
     for topic in request.topic_data {
         let name = topic.name.0.as_str().to_string();
+        stats::produce_request(&name);
         let mut partitions = Vec::with_capacity(topic.partition_data.len());
         for p in topic.partition_data {
             let tp = TopicPartition::new(name.clone(), p.index);
