@@ -22,7 +22,7 @@ BOOT=""
 PIDS=""
 for i in $(seq 1 $N); do
   port=$((19910 + i))
-  $BIN serve --agent-id a$i --data-dir $W/a$i --kafka-addr 127.0.0.1:$port \
+  $BIN serve --agent-id a$i --data-dir $W/a$i --kafka-addr 127.0.0.1:$port --http-addr 127.0.0.1:0 \
     --metadata-url "$PG?options=-c%20search_path%3D$SCHEMA" --object-store-url s3://bucket/d \
     --s3-endpoint http://127.0.0.1:19900 --s3-region us-east-1 --s3-access-key-id k --s3-secret-access-key s --s3-allow-http \
     "$@" > $W/a$i.log 2>&1 &

@@ -48,7 +48,7 @@ class Agent:
         log = open(self.data_dir.parent / f"{self.name}.log", "ab")
         self.proc = subprocess.Popen(
             [self.binary, "serve", "--data-dir", str(self.data_dir), "--agent-id", self.name,
-             "--kafka-addr", f"127.0.0.1:{self.port}", *self.args],
+             "--kafka-addr", f"127.0.0.1:{self.port}", "--http-addr", "127.0.0.1:0", *self.args],
             stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL)
         for line in self.proc.stdout:
             if line.startswith(b"streamhouse ready"):

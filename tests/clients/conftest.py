@@ -38,6 +38,7 @@ class Server:
         self.log_path = data_dir.parent / "server.log"
         self.bootstrap = None
         self.advertised = None
+        self.http = None
         self.proc = None
 
     def start(self):
@@ -55,6 +56,8 @@ class Server:
                 "--data-dir",
                 str(self.data_dir),
                 "--kafka-addr",
+                "127.0.0.1:0",
+                "--http-addr",
                 "127.0.0.1:0",
                 *self.extra_args,
             ],
@@ -75,6 +78,7 @@ class Server:
                     )
                     self.bootstrap = fields["kafka"]
                     self.advertised = fields.get("advertised")
+                    self.http = fields.get("http")
                     ready.set()
 
         self._reader = threading.Thread(target=read_stdout, daemon=True)

@@ -163,6 +163,8 @@ pub(crate) async fn bench(args: BenchArgs) -> anyhow::Result<()> {
             s3_secret_access_key: None,
             s3_allow_http: false,
             kafka_addr: "127.0.0.1:0".into(),
+            http_addr: "127.0.0.1:0".into(),
+            http_max_body_bytes: 16 << 20,
             advertised_kafka_addr: None,
             agent_id: Some("bench".into()),
             agent_group: "default".into(),

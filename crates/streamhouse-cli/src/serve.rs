@@ -49,6 +49,13 @@ pub(crate) struct ServeArgs {
     /// Address the Kafka listener binds (port 0 picks a free port).
     #[arg(long, env = "STREAMHOUSE_KAFKA_ADDR", default_value = "127.0.0.1:9092")]
     pub(crate) kafka_addr: String,
+    /// Address the HTTP server (REST API, web console, /metrics, /healthz, /readyz) binds
+    /// (port 0 picks a free port).
+    #[arg(long, env = "STREAMHOUSE_HTTP_ADDR", default_value = "127.0.0.1:8080")]
+    pub(crate) http_addr: String,
+    /// Largest HTTP request body accepted; a larger one is answered 413.
+    #[arg(long, env = "STREAMHOUSE_HTTP_MAX_BODY_BYTES", default_value_t = 16 * 1024 * 1024)]
+    pub(crate) http_max_body_bytes: usize,
     /// host:port clients are told to connect to [default: the bound listen address].
     #[arg(long, env = "STREAMHOUSE_ADVERTISED_KAFKA_ADDR")]
     pub(crate) advertised_kafka_addr: Option<String>,
@@ -126,11 +133,13 @@ impl ServeArgs {
 pub(crate) struct Running {
     pub(crate) agent: Arc<Agent>,
     pub(crate) kafka_addr: std::net::SocketAddr,
+    pub(crate) http_addr: std::net::SocketAddr,
     pub(crate) advertised: String,
     shutdown: CancellationToken,
     agent_task: tokio::task::JoinHandle<()>,
     groups_task: tokio::task::JoinHandle<()>,
     server_task: tokio::task::JoinHandle<()>,
+    http_task: tokio::task::JoinHandle<()>,
 }
 
 impl Running {
@@ -145,6 +154,7 @@ impl Running {
         self.server_task
             .await
             .context("kafka listener task failed")?;
+        self.http_task.await.context("HTTP server task failed")?;
         Ok(())
     }
 
@@ -160,8 +170,8 @@ pub(crate) async fn serve(args: ServeArgs, shutdown: CancellationToken) -> anyho
     let running = start(&args, shutdown.clone()).await?;
     // One machine-readable line for scripts and tests that start the server on port 0.
     println!(
-        "streamhouse ready kafka={} advertised={}",
-        running.kafka_addr, running.advertised
+        "streamhouse ready kafka={} advertised={} http={}",
+        running.kafka_addr, running.advertised, running.http_addr
     );
     tokio::spawn(signal_to_cancel(shutdown));
     running.wait().await
@@ -194,6 +204,10 @@ pub(crate) async fn start(
         .await
         .with_context(|| format!("cannot listen on {}", args.kafka_addr))?;
     let bound = listener.local_addr()?;
+    let http_listener = TcpListener::bind(&args.http_addr)
+        .await
+        .with_context(|| format!("cannot listen for HTTP on {}", args.http_addr))?;
+    let http_addr = http_listener.local_addr()?;
     let advertised = args
         .advertised_kafka_addr
         .clone()
@@ -247,16 +261,42 @@ pub(crate) async fn start(
         shutdown.clone(),
     ));
     let agent_task = tokio::spawn(agent.clone().run(shutdown.clone()));
-    info!(kafka = %bound, advertised = %advertised, metadata = %redact(&metadata_url), objects = %object_store_url, "streamhouse is serving");
+    let http_config = streamhouse_http::HttpConfig {
+        max_body_bytes: args.http_max_body_bytes,
+        kafka_bootstrap: loopback_if_unspecified(bound).to_string(),
+        lease_ttl: Duration::from_millis(args.lease_ttl_ms),
+    };
+    let http_task = tokio::spawn(streamhouse_http::run(
+        http_listener,
+        agent.clone(),
+        http_config,
+        shutdown.clone(),
+    ));
+    info!(kafka = %bound, http = %http_addr, advertised = %advertised, metadata = %redact(&metadata_url), objects = %object_store_url, "streamhouse is serving");
     Ok(Running {
         agent,
         kafka_addr: bound,
+        http_addr,
         advertised,
         shutdown,
         agent_task,
         groups_task,
         server_task,
+        http_task,
     })
+}
+
+/// Where this process reaches its own listener: a wildcard bind address (`0.0.0.0`, `::`)
+/// is reached on loopback.
+fn loopback_if_unspecified(addr: std::net::SocketAddr) -> std::net::SocketAddr {
+    let mut addr = addr;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(match addr {
+            std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    addr
 }
 
 /// Cancels `shutdown` on SIGTERM or Ctrl-C.

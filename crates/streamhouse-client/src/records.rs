@@ -154,7 +154,7 @@ fn compression_name(bits: i16) -> String {
 /// A fetch response may end with a partial batch (the broker cuts at the size limit);
 /// that tail is ignored. Control records (transaction markers) are dropped. Compressed
 /// batches fail with [`ClientError::UnsupportedCompression`].
-pub(crate) fn decode_fetched(
+pub fn decode_fetched(
     topic: &str,
     partition: i32,
     mut data: Bytes,

@@ -27,19 +27,22 @@ pub struct ServerProcess {
     extra_args: Vec<String>,
     /// The Kafka listener, "127.0.0.1:PORT".
     pub kafka_addr: String,
+    /// The HTTP server (REST API, console, metrics), "127.0.0.1:PORT".
+    pub http_addr: String,
 }
 
 impl ServerProcess {
     /// Starts `binary serve` on `data_dir` with a random port and waits until it is ready.
     pub fn start(binary: &Path, data_dir: &Path, extra_args: &[&str]) -> ServerProcess {
         let extra_args: Vec<String> = extra_args.iter().map(|s| s.to_string()).collect();
-        let (child, kafka_addr) = spawn(binary, data_dir, &extra_args);
+        let (child, ready) = spawn(binary, data_dir, &extra_args);
         ServerProcess {
             child,
             binary: binary.to_path_buf(),
             data_dir: data_dir.to_path_buf(),
             extra_args,
-            kafka_addr,
+            kafka_addr: ready.kafka,
+            http_addr: ready.http,
         }
     }
 
@@ -79,9 +82,10 @@ impl ServerProcess {
         if self.is_running() {
             self.kill9();
         }
-        let (child, addr) = spawn(&self.binary, &self.data_dir, &self.extra_args);
+        let (child, ready) = spawn(&self.binary, &self.data_dir, &self.extra_args);
         self.child = child;
-        self.kafka_addr = addr;
+        self.kafka_addr = ready.kafka;
+        self.http_addr = ready.http;
     }
 
     /// The server's log so far.
@@ -105,7 +109,13 @@ fn signal(pid: u32, name: &str) {
         .status();
 }
 
-fn spawn(binary: &Path, data_dir: &Path, extra_args: &[String]) -> (Child, String) {
+/// The addresses of the server's ready line.
+struct Ready {
+    kafka: String,
+    http: String,
+}
+
+fn spawn(binary: &Path, data_dir: &Path, extra_args: &[String]) -> (Child, Ready) {
     std::fs::create_dir_all(data_dir).expect("create data dir");
     let log = std::fs::OpenOptions::new()
         .create(true)
@@ -118,6 +128,14 @@ fn spawn(binary: &Path, data_dir: &Path, extra_args: &[String]) -> (Child, Strin
         .arg(data_dir)
         .arg("--kafka-addr")
         .arg("127.0.0.1:0")
+        .args(
+            // Servers of parallel tests must not all take the default HTTP port.
+            if extra_args.iter().any(|a| a == "--http-addr") {
+                &[][..]
+            } else {
+                &["--http-addr", "127.0.0.1:0"][..]
+            },
+        )
         .args(extra_args)
         .env(
             "RUST_LOG",
@@ -133,19 +151,23 @@ fn spawn(binary: &Path, data_dir: &Path, extra_args: &[String]) -> (Child, Strin
         let mut reader = BufReader::new(stdout);
         let mut line = String::new();
         while reader.read_line(&mut line).unwrap_or(0) > 0 {
-            if let Some(rest) = line.trim().strip_prefix("streamhouse ready kafka=") {
-                let addr = rest
-                    .split_whitespace()
-                    .next()
-                    .unwrap_or_default()
-                    .to_string();
-                let _ = tx.send(addr);
+            if let Some(rest) = line.trim().strip_prefix("streamhouse ready ") {
+                let field = |name: &str| {
+                    rest.split_whitespace()
+                        .find_map(|f| f.strip_prefix(name))
+                        .unwrap_or_default()
+                        .to_string()
+                };
+                let _ = tx.send(Ready {
+                    kafka: field("kafka="),
+                    http: field("http="),
+                });
             }
             line.clear();
         }
     });
     match rx.recv_timeout(Duration::from_secs(30)) {
-        Ok(addr) => (child, addr),
+        Ok(ready) => (child, ready),
         Err(_) => {
             let _ = child.kill();
             let log = std::fs::read_to_string(data_dir.join("server.log")).unwrap_or_default();
