@@ -396,3 +396,44 @@ async fn bench_group_consume_and_end_to_end() {
     assert!(e2e.p50_ms > 0.0 && e2e.p50_ms <= e2e.max_ms, "{e2e:?}");
     assert!(e2e.elapsed >= Duration::from_millis(900), "{e2e:?}");
 }
+
+/// A batch the broker refuses for good (here: too large for the topic) leaves a gap in its
+/// partition's sequence. The producer bumps its epoch (KIP-360) and goes on: the next
+/// records are stored, at the next offsets, under the same producer id and a higher epoch.
+#[tokio::test]
+async fn a_refused_batch_bumps_the_epoch_and_later_records_are_stored() {
+    let dir = temp_dir();
+    let server = ServerProcess::start(Path::new(BIN), dir.path(), &[]);
+    let admin = Admin::connect(&server.kafka_addr).await.unwrap();
+    admin
+        .create_topic("bump", 1, &[("max.message.bytes".into(), "1000".into())])
+        .await
+        .unwrap();
+    let producer = Producer::new(&server.kafka_addr, ProducerConfig::default())
+        .await
+        .unwrap();
+    let before = producer.identity().expect("idempotent");
+    let first = producer
+        .send_and_wait(ProducerRecord::new("bump", Bytes::from_static(b"small")))
+        .await
+        .unwrap();
+    assert_eq!(first.offset, 0);
+    let refused = producer
+        .send_and_wait(ProducerRecord::new("bump", Bytes::from(vec![b'x'; 5000])))
+        .await
+        .expect_err("too large for the topic");
+    assert_eq!(refused.kafka_code(), Some(10), "{refused}");
+    for i in 1..4 {
+        let meta = producer
+            .send_and_wait(ProducerRecord::new(
+                "bump",
+                Bytes::from(format!("after-{i}")),
+            ))
+            .await
+            .unwrap_or_else(|e| panic!("record {i} after the refused batch: {e}"));
+        assert_eq!(meta.offset, i);
+    }
+    let after = producer.identity().expect("idempotent");
+    assert_eq!(after.producer_id, before.producer_id);
+    assert_eq!(after.producer_epoch, before.producer_epoch + 1);
+}

@@ -1204,3 +1204,103 @@ async fn any_agent_serves_fetches_of_committed_data() {
         "the follower's long poll returned after {waited:?}, not when the record was committed"
     );
 }
+
+/// GET on an agent's HTTP API, as JSON.
+async fn http_get(agent: &Agent, path: &str) -> serde_json::Value {
+    let url = format!("http://{}{path}", agent.process.http_addr);
+    let resp = reqwest::get(&url).await.expect("GET");
+    assert!(resp.status().is_success(), "GET {url}: {}", resp.status());
+    resp.json().await.expect("JSON body")
+}
+
+/// The HTTP API of any agent shows the whole cluster (agents, leases, leaders), and a REST
+/// produce through one agent reaches the leader of a partition the other agent leads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rest_api_of_any_agent_serves_the_whole_cluster() {
+    let stores = Stores::start();
+    let topic = "web";
+    let (agents, leases) = two_agents_one_partition_each(&stores, topic, &[]).await;
+    let http = reqwest::Client::new();
+    // Everything through agent-a's HTTP API, half of it to agent-b's partition.
+    let url = format!("http://{}/api/v1/produce", agents[0].process.http_addr);
+    for i in 0..10 {
+        let partition = i % 2;
+        let resp = http
+            .post(&url)
+            .json(&serde_json::json!({"topic": topic, "partition": partition, "value": format!("v{i}")}))
+            .send()
+            .await
+            .expect("POST");
+        assert!(resp.status().is_success(), "produce: {}", resp.status());
+        let body: serde_json::Value = resp.json().await.expect("JSON body");
+        assert_eq!(body["partition"], partition);
+        assert_eq!(body["offset"], i / 2, "{body}");
+    }
+    assert_eq!(
+        stores.high_watermarks(topic),
+        BTreeMap::from([(0, 5), (1, 5)])
+    );
+
+    for agent in &agents {
+        // Both agents, live, each with its lease.
+        let listed = http_get(agent, "/api/v1/agents").await;
+        let mut seen = BTreeMap::new();
+        for a in listed.as_array().expect("agents") {
+            assert_eq!(a["live"], true, "{a}");
+            for p in a["partitions"].as_array().expect("partitions") {
+                seen.insert(
+                    p["partition"].as_i64().expect("partition") as i32,
+                    (
+                        a["agent_id"].as_str().expect("id").to_string(),
+                        p["epoch"].as_i64().expect("epoch"),
+                    ),
+                );
+            }
+        }
+        assert_eq!(seen, leases, "agents page of {}", agent.id);
+        // The topic page names the same leaders and epochs, and the stored records.
+        let detail = http_get(agent, &format!("/api/v1/topics/{topic}")).await;
+        for p in detail["partitions"].as_array().expect("partitions") {
+            let partition = p["partition"].as_i64().expect("partition") as i32;
+            assert_eq!(
+                p["leader"]["agent_id"],
+                leases[&partition].0.as_str(),
+                "{p}"
+            );
+            assert_eq!(p["leader_epoch"], leases[&partition].1, "{p}");
+            assert_eq!(p["high_watermark"], 5);
+        }
+        // Either agent reads either partition.
+        for partition in 0..2 {
+            let page = http_get(
+                agent,
+                &format!("/api/v1/topics/{topic}/partitions/{partition}/messages?offset=0"),
+            )
+            .await;
+            let values: Vec<&str> = page["messages"]
+                .as_array()
+                .expect("messages")
+                .iter()
+                .map(|m| m["value"].as_str().expect("value"))
+                .collect();
+            let expected: Vec<String> = (0..10)
+                .filter(|i| i % 2 == partition)
+                .map(|i| format!("v{i}"))
+                .collect();
+            assert_eq!(
+                values, expected,
+                "partition {partition} through {}",
+                agent.id
+            );
+        }
+        let overview = http_get(agent, "/api/v1/cluster").await;
+        assert_eq!(
+            (
+                overview["agents"].as_i64(),
+                overview["live_agents"].as_i64()
+            ),
+            (Some(2), Some(2))
+        );
+        assert_eq!(overview["records"], 10);
+    }
+}

@@ -19,8 +19,14 @@
 //! OUT_OF_ORDER_SEQUENCE_NUMBER for a batch behind an unacknowledged one means an earlier
 //! batch failed, so it is retried in order; for the oldest batch it means a gap that cannot
 //! close (an earlier batch was given up on), and its handles fail. INVALID_PRODUCER_EPOCH,
-//! PRODUCER_FENCED and UNKNOWN_PRODUCER_ID fail the affected handles; the epoch is not
-//! bumped (KIP-360) yet.
+//! PRODUCER_FENCED and UNKNOWN_PRODUCER_ID fail the affected handles.
+//!
+//! A batch that had a sequence and failed for good (its delivery timeout passed, or the
+//! broker refused it) leaves a gap no later batch of its partition can close. As in KIP-360
+//! the producer then bumps its epoch: it holds new batches back, lets the batches already
+//! sent finish, asks InitProducerId for the next epoch of its producer id (a new id if the
+//! broker will not bump it), and starts every partition's sequence at 0 again; the held
+//! batches then go out under the new epoch.
 //!
 //! Without idempotence: requests to one broker are written in order, so without retries
 //! the records of a partition land in send order. A retried batch is sent again after newer
@@ -265,6 +271,10 @@ struct Accumulator {
     retry: Vec<Batch>,
     /// Idempotence: (topic, partition) → sequence state.
     sequences: HashMap<(String, i32), PartitionSequences>,
+    /// Producer id and epoch when idempotent.
+    identity: Option<ProducerIdentity>,
+    /// A batch with a sequence failed for good: bump the epoch before new batches get one.
+    bump_wanted: bool,
 }
 
 impl Accumulator {
@@ -279,8 +289,6 @@ impl Accumulator {
 
 struct Shared {
     config: ProducerConfig,
-    /// Producer id and epoch when idempotent.
-    identity: Option<ProducerIdentity>,
     cluster: Arc<Cluster>,
     acc: Mutex<Accumulator>,
     wake: Notify,
@@ -337,6 +345,10 @@ impl Shared {
 
     fn fail(&self, batch: Batch, err: &ClientError) {
         tracing::debug!(topic = %batch.topic, partition = batch.partition, error = %err, "produce batch failed");
+        if batch.sequence.is_some() {
+            // Its sequence numbers may or may not have been written: a gap either way.
+            self.acc().bump_wanted = true;
+        }
         self.finished(&batch);
         for waiter in batch.waiters {
             let _ = waiter.send(Err(err.clone()));
@@ -406,6 +418,7 @@ impl Shared {
     /// The error for a batch the broker rejected for its producer id, epoch or sequence.
     fn idempotence_error(&self, batch: &Batch, code: i16, detail: Option<&str>) -> ClientError {
         let (id, epoch) = self
+            .acc()
             .identity
             .map_or((-1, -1), |i| (i.producer_id, i.producer_epoch));
         let seq = batch.sequence.map_or(-1, |s| s.base_sequence);
@@ -468,7 +481,7 @@ impl Shared {
                 _ => retries.push(b),
             }
         }
-        let Some(identity) = self.identity else {
+        let Some(identity) = acc.identity else {
             drop(guard);
             let (expired, live): (Vec<Batch>, Vec<Batch>) = fresh
                 .into_iter()
@@ -503,7 +516,9 @@ impl Shared {
                 live.push(b);
             }
         }
-        // New batches wait while their partition has a retry pending or too many in flight.
+        // New batches wait while their partition has a retry pending or too many in flight,
+        // and all of them while the epoch is to be bumped.
+        let bumping = acc.bump_wanted;
         for mut b in fresh {
             if self.deadline(&b) <= now {
                 expired.push(b);
@@ -514,7 +529,7 @@ impl Shared {
                 .entry((b.topic.clone(), b.partition))
                 .or_default();
             if b.sequence.is_none() {
-                if st.retrying > 0 || st.unacked.len() >= MAX_IN_FLIGHT_IDEMPOTENT {
+                if bumping || st.retrying > 0 || st.unacked.len() >= MAX_IN_FLIGHT_IDEMPOTENT {
                     acc.ready.push_back(b);
                     continue;
                 }
@@ -538,6 +553,29 @@ impl Shared {
             live.push(b);
         }
         (live, next, expired)
+    }
+}
+
+impl Shared {
+    /// Whether the epoch is to be bumped and nothing sent under the current one is still
+    /// unacknowledged.
+    fn bump_due(&self) -> Option<ProducerIdentity> {
+        let acc = self.acc();
+        let drained = acc.sequences.values().all(|st| st.unacked.is_empty());
+        acc.identity.filter(|_| acc.bump_wanted && drained)
+    }
+
+    /// Moves to `identity` (a new epoch, or a new producer id) with every partition's
+    /// sequence starting at 0 again.
+    fn bumped(&self, identity: ProducerIdentity) {
+        let mut acc = self.acc();
+        acc.identity = Some(identity);
+        acc.bump_wanted = false;
+        for st in acc.sequences.values_mut() {
+            st.next_sequence = 0;
+        }
+        drop(acc);
+        self.wake.notify_one();
     }
 }
 
@@ -579,7 +617,7 @@ impl Producer {
         config.validate()?;
         let cluster = Cluster::connect(bootstrap, config.request_timeout).await?;
         let identity = if config.enable_idempotence {
-            Some(init_producer_id(&cluster, &config).await?)
+            Some(init_producer_id(&cluster, &config, None).await?)
         } else {
             None
         };
@@ -587,13 +625,15 @@ impl Producer {
         let (outstanding, _) = watch::channel(0u64);
         let shared = Arc::new(Shared {
             cluster,
-            acc: Mutex::default(),
+            acc: Mutex::new(Accumulator {
+                identity,
+                ..Accumulator::default()
+            }),
             wake: Notify::new(),
             buffer: Semaphore::new(buffer_permits),
             buffer_permits,
             outstanding,
             closed: AtomicBool::new(false),
-            identity,
             config,
         });
         tokio::spawn(run_sender(shared.clone()));
@@ -607,7 +647,7 @@ impl Producer {
 
     /// The producer id and epoch of an idempotent producer.
     pub fn identity(&self) -> Option<ProducerIdentity> {
-        self.shared.identity
+        self.shared.acc().identity
     }
 
     /// Queues `record` and returns a handle to its delivery.
@@ -770,23 +810,29 @@ impl Drop for Producer {
     }
 }
 
-/// InitProducerId without a transactional id: a new producer id at epoch 0.
+/// InitProducerId without a transactional id: a new producer id at epoch 0, or with
+/// `current` the next epoch of that id (KIP-360). A broker that will not bump `current`
+/// (it does not know the id, the epoch is exhausted, or it is older than InitProducerId v3
+/// and cannot be asked) hands out a new id instead.
 ///
 /// Retries retriable errors (coordinator loading or moving included) up to
 /// `request_timeout`.
 async fn init_producer_id(
     cluster: &Cluster,
     config: &ProducerConfig,
+    mut current: Option<ProducerIdentity>,
 ) -> Result<ProducerIdentity, ClientError> {
     let deadline = Instant::now() + config.request_timeout;
     loop {
+        let asked = current;
         let attempt = async {
             let conn = cluster.any_connection().await?;
+            let (id, epoch) = asked.map_or((-1, -1), |c| (c.producer_id, c.producer_epoch));
             let req = InitProducerIdRequest::default()
                 .with_transactional_id(None)
                 .with_transaction_timeout_ms(i32::MAX)
-                .with_producer_id(ProducerId(-1))
-                .with_producer_epoch(-1);
+                .with_producer_id(ProducerId(id))
+                .with_producer_epoch(epoch);
             let resp = conn.send(req).await?;
             if resp.error_code != 0 {
                 return Err(ClientError::kafka(resp.error_code, Some("InitProducerId")));
@@ -807,6 +853,18 @@ async fn init_producer_id(
         };
         match attempt.await {
             Ok(identity) => return Ok(identity),
+            // Not bumpable here (INVALID_PRODUCER_EPOCH, PRODUCER_FENCED, or a request the
+            // broker's version cannot carry): start over with a new producer id.
+            Err(e)
+                if current.is_some()
+                    && (matches!(e, ClientError::Encode { .. })
+                        || e.kafka_code().is_some_and(|c| {
+                            c == INVALID_PRODUCER_EPOCH || c == PRODUCER_FENCED
+                        })) =>
+            {
+                tracing::debug!(error = %e, "cannot bump the producer epoch; asking for a new producer id");
+                current = None;
+            }
             Err(e) => {
                 // COORDINATOR_LOAD_IN_PROGRESS, COORDINATOR_NOT_AVAILABLE, NOT_COORDINATOR.
                 let retriable =
@@ -825,6 +883,24 @@ async fn init_producer_id(
 async fn run_sender(shared: Arc<Shared>) {
     let mut in_flight: HashMap<i32, Arc<Semaphore>> = HashMap::new();
     loop {
+        if let Some(current) = shared.bump_due() {
+            match init_producer_id(&shared.cluster, &shared.config, Some(current)).await {
+                Ok(identity) => {
+                    tracing::info!(
+                        producer_id = identity.producer_id,
+                        epoch = identity.producer_epoch,
+                        "idempotent producer moved to a new epoch after a batch was given up on"
+                    );
+                    shared.bumped(identity);
+                }
+                Err(e) => {
+                    // New batches stay held (and expire at their delivery timeout) until a
+                    // bump succeeds.
+                    tracing::warn!(error = %e, "cannot bump the idempotent producer's epoch; retrying");
+                    tokio::time::sleep(shared.config.retry_backoff).await;
+                }
+            }
+        }
         let now = Instant::now();
         let (batches, next, expired) = shared.collect(now);
         for b in expired {
@@ -1164,8 +1240,8 @@ mod tests {
     }
 
     fn idempotent_shared() -> Shared {
-        let mut shared = test_shared_sync();
-        shared.identity = Some(ProducerIdentity {
+        let shared = test_shared_sync();
+        shared.acc().identity = Some(ProducerIdentity {
             producer_id: 42,
             producer_epoch: 3,
         });
@@ -1266,6 +1342,42 @@ mod tests {
         drop(b2);
     }
 
+    #[test]
+    fn a_batch_given_up_on_holds_new_batches_until_the_epoch_is_bumped() {
+        let shared = idempotent_shared();
+        let now = Instant::now();
+        shared.acc().ready.push_back(batch_of(0, 2, now));
+        shared.acc().ready.push_back(batch_of(1, 3, now));
+        let (mut out, _, _) = shared.collect(now);
+        assert_eq!(base_sequences(&out), vec![(0, 0), (1, 0)]);
+        let p1 = out.pop().expect("batch of partition 1");
+        let p0 = out.pop().expect("batch of partition 0");
+        // Partition 0's batch is given up on; partition 1's is still in flight.
+        shared.fail(p0, &ClientError::kafka(56, None));
+        assert_eq!(
+            shared.bump_due(),
+            None,
+            "partition 1 is still unacknowledged"
+        );
+        shared.acc().ready.push_back(batch_of(0, 1, now));
+        let (out, _, _) = shared.collect(now);
+        assert!(out.is_empty(), "new batches wait for the bump");
+        shared.complete(p1, 0, -1);
+        let current = shared
+            .bump_due()
+            .expect("a bump is due once nothing is in flight");
+        assert_eq!(current.producer_epoch, 3);
+        shared.bumped(ProducerIdentity {
+            producer_id: 42,
+            producer_epoch: 4,
+        });
+        assert_eq!(shared.bump_due(), None);
+        let (out, _, _) = shared.collect(now);
+        // The held batch goes out under the new epoch, from sequence 0.
+        assert_eq!(base_sequences(&out), vec![(0, 0)]);
+        assert!(out[0].records.iter().all(|r| r.producer_epoch == 4));
+    }
+
     /// A `Shared` whose cluster is never contacted.
     async fn test_shared() -> Shared {
         test_shared_sync()
@@ -1275,7 +1387,6 @@ mod tests {
         let (outstanding, _) = watch::channel(4u64);
         Shared {
             config: ProducerConfig::default(),
-            identity: None,
             cluster: Cluster::offline("unused:0"),
             acc: Mutex::default(),
             wake: Notify::new(),

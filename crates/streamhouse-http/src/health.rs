@@ -1,6 +1,8 @@
 //! `/healthz` (the process answers) and `/readyz` (the stores answer and the agent has run
 //! its first lease round).
 
+use std::time::Duration;
+
 use axum::extract::State;
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
@@ -9,6 +11,30 @@ use utoipa::ToSchema;
 
 use crate::error::Json;
 use crate::state::Shared;
+
+/// How long each store may take to answer a readiness check. Probes (a load balancer's, a
+/// Kubernetes kubelet's) give up after a second or two; a store that needs longer is not
+/// ready for traffic either, whatever its retries would eventually say.
+const PING_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Whether a ping answered in time; records what went wrong otherwise.
+fn check<E: std::error::Error>(
+    store: &str,
+    outcome: Result<Result<(), E>, tokio::time::error::Elapsed>,
+    problems: &mut Vec<String>,
+) -> bool {
+    match outcome {
+        Ok(Ok(())) => true,
+        Ok(Err(e)) => {
+            problems.push(format!("{store}: {}", error_chain(&e)));
+            false
+        }
+        Err(_) => {
+            problems.push(format!("{store}: no answer within {PING_TIMEOUT:?}"));
+            false
+        }
+    }
+}
 
 /// The outcome of the readiness checks.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -43,20 +69,12 @@ pub(crate) async fn healthz() -> &'static str {
 )]
 pub(crate) async fn readyz(State(state): State<Shared>) -> (StatusCode, Json<Readiness>) {
     let mut problems = Vec::new();
-    let metadata_store = match state.agent.metadata().ping().await {
-        Ok(()) => true,
-        Err(e) => {
-            problems.push(format!("metadata store: {}", error_chain(&e)));
-            false
-        }
-    };
-    let object_store = match state.agent.storage().ping().await {
-        Ok(()) => true,
-        Err(e) => {
-            problems.push(format!("object store: {}", error_chain(&e)));
-            false
-        }
-    };
+    let (metadata, objects) = tokio::join!(
+        tokio::time::timeout(PING_TIMEOUT, state.agent.metadata().ping()),
+        tokio::time::timeout(PING_TIMEOUT, state.agent.storage().ping()),
+    );
+    let metadata_store = check("metadata store", metadata, &mut problems);
+    let object_store = check("object store", objects, &mut problems);
     let leases = state.agent.is_ready();
     if !leases {
         problems.push("the agent has not completed a lease round yet".to_string());
