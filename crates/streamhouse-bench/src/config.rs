@@ -9,6 +9,10 @@ use crate::error::BenchError;
 pub struct BenchConfig {
     /// Broker address, "host:port".
     pub bootstrap: String,
+    /// A server's HTTP address, "host:port", for the REST produce benchmark.
+    pub http: String,
+    /// Records per request of the REST produce benchmark (1: `/produce`, more: its batch form).
+    pub rest_batch: usize,
     /// Topic to write to / read from (created by the produce bench if missing).
     pub topic: String,
     /// Partitions of the topic when the bench creates it.
@@ -46,6 +50,8 @@ impl Default for BenchConfig {
     fn default() -> Self {
         BenchConfig {
             bootstrap: "127.0.0.1:9092".to_owned(),
+            http: "127.0.0.1:8080".to_owned(),
+            rest_batch: 1,
             topic: "streamhouse-bench".to_owned(),
             partitions: 8,
             record_size: 1024,
@@ -101,6 +107,9 @@ impl BenchConfig {
         }
         if self.rate == 0 {
             return bad("rate must be positive");
+        }
+        if !(1..=10_000).contains(&self.rest_batch) {
+            return bad("rest batch must be between 1 and 10000 records");
         }
         Ok(())
     }

@@ -54,6 +54,10 @@ pub enum BenchError {
     },
 
     /// A benchmark task panicked or was cancelled.
+    /// The REST API refused a request or could not be reached.
+    #[error("REST produce failed: {0}")]
+    Http(String),
+
     #[error("bench task failed: {0}")]
     Task(String),
 }

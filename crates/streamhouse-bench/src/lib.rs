@@ -7,6 +7,7 @@
 //! - [`group`]: [`run_group_consume`], a consumer group reads a whole topic exactly once.
 //! - [`end_to_end`]: [`run_end_to_end`], open-loop producer at a fixed rate plus a group
 //!   consumer; send-to-receive latency.
+//! - [`rest`]: [`run_rest_produce`], concurrent HTTP clients through the REST API.
 //! - [`report`]: [`BenchReport`], rendered as a text table or JSON.
 //! - [`checker`]: [`OffsetChecker`], verifies offsets per partition are gap-free and unique.
 //! - [`error`]: the error type, [`BenchError`].
@@ -21,6 +22,7 @@ pub mod group;
 pub mod produce;
 mod progress;
 pub mod report;
+pub mod rest;
 
 pub use checker::OffsetChecker;
 pub use config::BenchConfig;
@@ -30,3 +32,4 @@ pub use error::BenchError;
 pub use group::run_group_consume;
 pub use produce::run_produce;
 pub use report::{BenchKind, BenchReport};
+pub use rest::run_rest_produce;

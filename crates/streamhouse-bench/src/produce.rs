@@ -13,6 +13,7 @@ use streamhouse_client::{
     RecordMetadata,
 };
 use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::checker::OffsetChecker;
@@ -25,12 +26,70 @@ use crate::report::{latency_histogram, BenchKind, BenchReport};
 const TOPIC_ALREADY_EXISTS: i16 = 36;
 
 /// What one producer task measured.
-struct TaskResult {
-    latency_us: Histogram<u64>,
+pub(crate) struct TaskResult {
+    pub(crate) latency_us: Histogram<u64>,
     /// partition → acknowledged offsets, in arrival order.
-    offsets: HashMap<i32, Vec<i64>>,
-    records: u64,
-    bytes: u64,
+    pub(crate) offsets: HashMap<i32, Vec<i64>>,
+    pub(crate) records: u64,
+    pub(crate) bytes: u64,
+}
+
+impl TaskResult {
+    pub(crate) fn new() -> TaskResult {
+        TaskResult {
+            latency_us: latency_histogram(),
+            offsets: HashMap::new(),
+            records: 0,
+            bytes: 0,
+        }
+    }
+}
+
+/// The producer tasks' results, merged.
+pub(crate) struct Gathered {
+    pub(crate) latency_us: Histogram<u64>,
+    pub(crate) records: u64,
+    pub(crate) bytes: u64,
+}
+
+/// Waits for the tasks in order, merges what they measured and hands their offsets to
+/// `checker`. At the first failure the remaining tasks are aborted (no point measuring the
+/// rest of a failed run) and that error is returned.
+pub(crate) async fn gather(
+    tasks: Vec<JoinHandle<Result<TaskResult, BenchError>>>,
+    mut checker: Option<&mut OffsetChecker>,
+) -> Result<Gathered, BenchError> {
+    let mut all = Gathered {
+        latency_us: latency_histogram(),
+        records: 0,
+        bytes: 0,
+    };
+    let mut tasks = tasks.into_iter();
+    while let Some(t) = tasks.next() {
+        let failure = match t.await {
+            Ok(Ok(r)) => {
+                // Same bounds on both sides: adding cannot fail.
+                let _ = all.latency_us.add(&r.latency_us);
+                all.records += r.records;
+                all.bytes += r.bytes;
+                if let Some(checker) = checker.as_deref_mut() {
+                    for (p, offsets) in r.offsets {
+                        for o in offsets {
+                            checker.record(p, o);
+                        }
+                    }
+                }
+                continue;
+            }
+            Ok(Err(e)) => e,
+            Err(e) => BenchError::Task(e.to_string()),
+        };
+        for rest in tasks {
+            rest.abort();
+        }
+        return Err(failure);
+    }
+    Ok(all)
 }
 
 /// `len` bytes of cheap pseudo-random data (so compression-minded brokers see no zeros).
@@ -156,51 +215,16 @@ pub async fn run_produce(cfg: &BenchConfig) -> Result<BenchReport, BenchError> {
         }));
     }
 
-    let mut latency_us = latency_histogram();
-    let mut records = 0u64;
-    let mut bytes = 0u64;
-    let mut first_error = None;
-    let mut tasks = tasks.into_iter();
-    while let Some(t) = tasks.next() {
-        match t.await {
-            Ok(Ok(r)) => {
-                // Same bounds on both sides: adding cannot fail.
-                let _ = latency_us.add(&r.latency_us);
-                records += r.records;
-                bytes += r.bytes;
-                if check_offsets {
-                    for (p, offsets) in r.offsets {
-                        for o in offsets {
-                            checker.record(p, o);
-                        }
-                    }
-                }
-            }
-            Ok(Err(e)) => {
-                first_error.get_or_insert(e);
-            }
-            Err(e) => {
-                first_error.get_or_insert(BenchError::Task(e.to_string()));
-            }
-        }
-        if first_error.is_some() {
-            // No point measuring the rest of a failed run.
-            for rest in tasks.by_ref() {
-                rest.abort();
-            }
-        }
-    }
+    let gathered = gather(tasks, check_offsets.then_some(&mut checker)).await;
     let elapsed = start.elapsed();
     bar.finish_and_clear();
-    if let Some(e) = first_error {
-        return Err(e);
-    }
+    let gathered = gathered?;
     Ok(BenchReport::new(
         BenchKind::Produce,
-        records,
-        bytes,
+        gathered.records,
+        gathered.bytes,
         elapsed,
-        &latency_us,
+        &gathered.latency_us,
         checker.errors(),
     ))
 }
@@ -233,12 +257,7 @@ async fn produce_task(
     let bar = Arc::new(bar);
     // `move`: dropping `rx` when collection stops on an error makes `send` stop too.
     let collect = async move {
-        let mut result = TaskResult {
-            latency_us: latency_histogram(),
-            offsets: HashMap::new(),
-            records: 0,
-            bytes: 0,
-        };
+        let mut result = TaskResult::new();
         let mut waiting = FuturesUnordered::new();
         let mut open = true;
         while open || !waiting.is_empty() {

@@ -19,6 +19,8 @@ pub enum BenchKind {
     GroupConsume,
     /// Producing at a fixed rate while a group member consumes: send-to-receive latency.
     EndToEnd,
+    /// Producing through the REST API.
+    RestProduce,
 }
 
 impl BenchKind {
@@ -29,6 +31,7 @@ impl BenchKind {
             BenchKind::Consume => "consume",
             BenchKind::GroupConsume => "group-consume",
             BenchKind::EndToEnd => "end-to-end",
+            BenchKind::RestProduce => "rest-produce",
         }
     }
 }

@@ -25,6 +25,9 @@ pub(crate) enum Workload {
     GroupConsume,
     /// Produce at `--rate` for `--duration-secs` while a group member reads: latency.
     EndToEnd,
+    /// Produce through the REST API: `--producers` HTTP clients, `--rest-batch` records per
+    /// request, each waiting for its answer (the server at `--http`, or the embedded one).
+    RestProduce,
 }
 
 /// Flags of `streamhouse bench`.
@@ -36,6 +39,13 @@ pub(crate) struct BenchArgs {
     /// A running server; without it an embedded server is started in this process.
     #[arg(long, short = 'b', env = "STREAMHOUSE_BOOTSTRAP")]
     bootstrap: Option<String>,
+    /// Rest-produce: a running server's HTTP address (host:port); without it (and without
+    /// -b) the embedded server's.
+    #[arg(long, env = "STREAMHOUSE_BENCH_HTTP")]
+    http: Option<String>,
+    /// Rest-produce: records per request (1 posts to /api/v1/produce, more to its batch form).
+    #[arg(long, env = "STREAMHOUSE_BENCH_REST_BATCH", default_value_t = 1)]
+    rest_batch: usize,
     /// Topic (created if missing).
     #[arg(
         long,
@@ -111,6 +121,8 @@ pub(crate) async fn bench(args: BenchArgs) -> anyhow::Result<()> {
             .bootstrap
             .clone()
             .unwrap_or_else(|| "127.0.0.1:0".into()),
+        http: args.http.clone().unwrap_or_else(|| "127.0.0.1:8080".into()),
+        rest_batch: args.rest_batch,
         topic: args.topic.clone(),
         partitions: args.partitions,
         record_size: args.record_size,
@@ -133,7 +145,9 @@ pub(crate) async fn bench(args: BenchArgs) -> anyhow::Result<()> {
 
     let produces = matches!(args.workload, Workload::Produce | Workload::Both);
     let consumes = matches!(args.workload, Workload::Consume | Workload::Both);
-    if args.bootstrap.is_some() {
+    if args.workload == Workload::RestProduce && (args.http.is_some() || args.bootstrap.is_some()) {
+        run_rest_produce(&config, &mut reports, &mut notes).await?;
+    } else if args.bootstrap.is_some() {
         if produces {
             reports.push((
                 "produce".into(),
@@ -183,6 +197,10 @@ pub(crate) async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         // Phase 1: produce, then consume with the data still in the cache.
         let server = serve::start(&serve_args(1 << 30), CancellationToken::new()).await?;
         config.bootstrap = server.kafka_addr.to_string();
+        config.http = server.http_addr.to_string();
+        if args.workload == Workload::RestProduce {
+            run_rest_produce(&config, &mut reports, &mut notes).await?;
+        }
         if produces || args.workload == Workload::GroupConsume {
             let stats = server.agent.storage().stats();
             let puts_before = stats.puts.load(Ordering::Relaxed);
@@ -242,6 +260,21 @@ pub(crate) async fn bench(args: BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The REST produce run.
+async fn run_rest_produce(
+    config: &BenchConfig,
+    reports: &mut Vec<(String, BenchReport)>,
+    notes: &mut Vec<String>,
+) -> anyhow::Result<()> {
+    let report = streamhouse_bench::run_rest_produce(config).await?;
+    notes.push(format!(
+        "rest-produce: {} HTTP clients, {} record(s) per request, each waiting for its answer; latency per request",
+        config.producers, config.rest_batch
+    ));
+    reports.push(("rest-produce".into(), report));
+    Ok(())
+}
+
 /// The group-consume and end-to-end runs (nothing for the other workloads).
 async fn run_group_workloads(
     workload: Workload,
@@ -266,7 +299,7 @@ async fn run_group_workloads(
             ));
             reports.push(("end-to-end".into(), report));
         }
-        Workload::Produce | Workload::Consume | Workload::Both => {}
+        Workload::Produce | Workload::Consume | Workload::Both | Workload::RestProduce => {}
     }
     Ok(())
 }

@@ -933,3 +933,36 @@ async fn an_object_store_outage_is_reported_and_loses_nothing() {
     );
     assert_eq!(after["offset"].as_i64(), Some(values.len() as i64 - 1));
 }
+
+/// The REST produce benchmark against a real server: every record acknowledged once, at
+/// contiguous offsets, one record per request and in batches.
+#[tokio::test]
+async fn the_rest_produce_benchmark_checks_its_offsets() {
+    let (_dir, server) = start(&[]);
+    for rest_batch in [1, 50] {
+        let cfg = streamhouse_bench::BenchConfig {
+            http: server.http_addr.clone(),
+            topic: "rest-bench".into(),
+            partitions: 3,
+            record_size: 100,
+            records: 600,
+            producers: 4,
+            rest_batch,
+            progress: false,
+            ..streamhouse_bench::BenchConfig::default()
+        };
+        let report = streamhouse_bench::run_rest_produce(&cfg)
+            .await
+            .expect("bench");
+        assert_eq!(report.records, 600);
+        assert_eq!(report.bytes, 60_000);
+        assert_eq!(report.offset_errors, 0, "{report:?}");
+        assert!(
+            report.p50_ms > 0.0 && report.p50_ms <= report.max_ms,
+            "{report:?}"
+        );
+    }
+    let api = Api::new(&server);
+    let (_, topic) = api.get("/api/v1/topics/rest-bench").await;
+    assert_eq!(topic["records"], 1200);
+}

@@ -211,6 +211,13 @@ pub async fn open(url: &str) -> Result<Arc<dyn MetadataStore>> {
     }
 }
 
+/// [`MetadataStore::partition_sizes`]: the same SQL in both dialects.
+pub(crate) const PARTITION_SIZES_SQL: &str =
+    "SELECT e.topic, e.partition_id, CAST(SUM(e.byte_len) AS BIGINT) AS bytes FROM index_entries e \
+     JOIN partitions p ON p.topic = e.topic AND p.partition_id = e.partition_id \
+     WHERE e.end_offset > p.log_start_offset \
+     GROUP BY e.topic, e.partition_id ORDER BY e.topic, e.partition_id";
+
 /// Kafka's topic name rule: 1 to 249 characters of `[a-zA-Z0-9._-]`, not `.` or `..`.
 pub fn validate_topic_name(name: &str) -> std::result::Result<(), String> {
     if name.is_empty() {

@@ -331,15 +331,10 @@ impl MetadataStore for SqliteStore {
     }
 
     async fn partition_sizes(&self) -> Result<Vec<(TopicPartition, u64)>> {
-        let rows = sqlx::query(
-            "SELECT e.topic, e.partition_id, CAST(SUM(e.byte_len) AS BIGINT) AS bytes FROM index_entries e \
-             JOIN partitions p ON p.topic = e.topic AND p.partition_id = e.partition_id \
-             WHERE e.end_offset > p.log_start_offset \
-             GROUP BY e.topic, e.partition_id ORDER BY e.topic, e.partition_id",
-        )
-        .fetch_all(&self.pool)
-        .await
-        .map_err(MetadataError::db("partition sizes"))?;
+        let rows = sqlx::query(crate::PARTITION_SIZES_SQL)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(MetadataError::db("partition sizes"))?;
         rows.iter()
             .map(|row| {
                 let topic: String = row
