@@ -196,30 +196,7 @@ pub(crate) async fn list_groups(
     let admin = state.admin().await?;
     let metadata = state.agent.metadata();
     let watermarks = high_watermarks(&metadata.list_all_partitions().await?);
-    let mut groups: BTreeMap<String, GroupSummary> = BTreeMap::new();
-    for listing in admin.list_groups().await? {
-        groups.insert(
-            listing.group_id.clone(),
-            GroupSummary {
-                group_id: listing.group_id,
-                state: listing.state,
-                protocol_type: listing.protocol_type,
-                members: 0,
-                total_lag: 0,
-            },
-        );
-    }
-    // Groups that only have committed offsets left (no member ever joined, or the
-    // coordinator forgot them) are listed too, as Kafka's tools do.
-    for group in metadata.list_offset_groups().await? {
-        groups.entry(group.clone()).or_insert(GroupSummary {
-            group_id: group,
-            state: "Empty".to_string(),
-            protocol_type: "consumer".to_string(),
-            members: 0,
-            total_lag: 0,
-        });
-    }
+    let mut groups = all_groups(&state).await?;
     for summary in groups.values_mut() {
         let offsets = metadata.fetch_group_offsets(&summary.group_id).await?;
         summary.total_lag = offsets
@@ -235,6 +212,35 @@ pub(crate) async fn list_groups(
         }
     }
     Ok(Json(groups.into_values().collect()))
+}
+
+/// Every group the coordinators know (ListGroups to every agent) and every group with
+/// committed offsets (those that no member ever joined, or that the coordinators forgot,
+/// are listed as `Empty`, as Kafka's tools do), by id.
+async fn all_groups(state: &Shared) -> Result<BTreeMap<String, GroupSummary>, ApiError> {
+    let mut groups: BTreeMap<String, GroupSummary> = BTreeMap::new();
+    for listing in state.admin().await?.list_groups().await? {
+        groups.insert(
+            listing.group_id.clone(),
+            GroupSummary {
+                group_id: listing.group_id,
+                state: listing.state,
+                protocol_type: listing.protocol_type,
+                members: 0,
+                total_lag: 0,
+            },
+        );
+    }
+    for group in state.agent.metadata().list_offset_groups().await? {
+        groups.entry(group.clone()).or_insert(GroupSummary {
+            group_id: group,
+            state: "Empty".to_string(),
+            protocol_type: "consumer".to_string(),
+            members: 0,
+            total_lag: 0,
+        });
+    }
+    Ok(groups)
 }
 
 /// Describe a consumer group.
@@ -327,7 +333,7 @@ pub(crate) async fn overview(
     let topics = metadata.list_topics().await?;
     let partitions = metadata.list_all_partitions().await?;
     let sizes = sizes(&state).await?;
-    let groups = metadata.list_offset_groups().await?;
+    let groups = all_groups(&state).await?;
     let samples = state.samples();
     // Ten seconds back, or as far as the history goes.
     let window = samples.len().saturating_sub(11);
