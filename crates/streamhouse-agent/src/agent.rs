@@ -55,6 +55,8 @@ pub struct ReadResult {
     pub records: Vec<Bytes>,
     pub high_watermark: Offset,
     pub log_start_offset: Offset,
+    /// Records in `records`, from the batch headers.
+    pub record_count: u64,
 }
 
 impl ReadResult {

@@ -14,8 +14,9 @@ impl Agent {
     /// Reads committed record batches of `tp` starting at the batch that holds `offset`,
     /// whole batches only, up to about `max_bytes`. When `at_least_one` is set the first batch
     /// is returned even if it alone exceeds `max_bytes`, so a consumer always progresses.
-    /// What is returned counts in the fetch totals of [`Agent::throughput`] and the
-    /// `streamhouse_fetch_*` metrics.
+    /// Nothing is counted here: a long-polling Fetch reads again and again and answers only
+    /// with its last read, so the caller counts what it hands out with
+    /// [`Agent::count_fetched`].
     pub async fn read(
         &self,
         tp: &TopicPartition,
@@ -28,6 +29,7 @@ impl Agent {
             records: Vec::new(),
             high_watermark,
             log_start_offset,
+            record_count: 0,
         };
         if offset < log_start_offset || offset > high_watermark {
             return Err(AgentError::OffsetOutOfRange {
@@ -39,7 +41,6 @@ impl Agent {
         }
         let mut position = offset;
         let mut size = 0usize;
-        let mut records = 0u64;
         'entries: while position < high_watermark {
             let entries = self
                 .metadata
@@ -67,7 +68,7 @@ impl Agent {
                 );
                 if start < end {
                     size += end - start;
-                    records += in_range;
+                    result.record_count += in_range;
                     result.records.push(chunk.slice(start..end));
                 }
                 if end < chunk.len() || size >= max_bytes {
@@ -76,10 +77,16 @@ impl Agent {
                 position = entry.end_offset;
             }
         }
-        if !result.records.is_empty() {
-            self.throughput.fetched(&tp.topic, records, size as u64);
-        }
         Ok(result)
+    }
+
+    /// Counts a read handed to a client in the fetch totals of [`Agent::throughput`] and the
+    /// `streamhouse_fetch_*` metrics.
+    pub fn count_fetched(&self, tp: &TopicPartition, read: &ReadResult) {
+        if !read.is_empty() {
+            let bytes = u64::try_from(read.len()).unwrap_or(u64::MAX);
+            self.throughput.fetched(&tp.topic, read.record_count, bytes);
+        }
     }
 
     /// ListOffsets: the earliest offset, the latest (the high watermark), or the earliest

@@ -778,11 +778,16 @@ async fn metrics_count_durable_records_and_returned_batches() {
     let read = agent.read(&p0, Offset(4), 1 << 20, true).await.unwrap();
     assert_eq!(read.records.len(), 1);
     assert_eq!(read.len(), b2.len());
+    assert_eq!(read.record_count, 2);
+    agent.count_fetched(&p0, &read);
     let read = agent.read(&p1, Offset(0), 1 << 20, true).await.unwrap();
     assert_eq!(read.len(), b3.len());
-    // Nothing to return: nothing counted.
+    agent.count_fetched(&p1, &read);
+    // A read that is not handed out counts nothing, and nothing to return counts nothing.
+    let _discarded = agent.read(&p0, Offset(0), 1 << 20, true).await.unwrap();
     let read = agent.read(&p1, Offset(4), 1 << 20, true).await.unwrap();
     assert!(read.is_empty());
+    agent.count_fetched(&p1, &read);
 
     let fetched_bytes = (b2.len() + b3.len()) as u64;
     let m = snapshotter.snapshot().into_hashmap();

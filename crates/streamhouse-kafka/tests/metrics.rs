@@ -109,18 +109,43 @@ async fn requests_topics_latency_and_connections_are_recorded() {
                 .with_partition_max_bytes(1 << 20)])]);
     let response = conn.send(fetch).await.unwrap();
     assert_eq!(response.responses[0].partitions[0].error_code, 0);
+    // A long poll whose min_bytes is never met reads the partition again when it expires;
+    // only the read it answers with counts.
+    let long_poll = FetchRequest::default()
+        .with_max_wait_ms(300)
+        .with_min_bytes(1 << 20)
+        .with_max_bytes(1 << 20)
+        .with_topics(vec![FetchTopic::default()
+            .with_topic(topic())
+            .with_partitions(vec![FetchPartition::default()
+                .with_fetch_offset(0)
+                .with_partition_max_bytes(1 << 20)])]);
+    let response = conn.send(long_poll).await.unwrap();
+    assert!(response.responses[0].partitions[0]
+        .records
+        .as_ref()
+        .is_some_and(|r| !r.is_empty()));
 
     let recorded = snapshotter.snapshot().into_hashmap();
+    assert_eq!(
+        counter(
+            &recorded,
+            "streamhouse_fetch_records_total",
+            &[("topic", "t")]
+        ),
+        4,
+        "two fetches of the two records, each counted once"
+    );
     let requests = "streamhouse_kafka_requests_total";
     assert_eq!(counter(&recorded, requests, &[("api", "ApiVersions")]), 1);
     assert_eq!(counter(&recorded, requests, &[("api", "Produce")]), 1);
-    assert_eq!(counter(&recorded, requests, &[("api", "Fetch")]), 1);
+    assert_eq!(counter(&recorded, requests, &[("api", "Fetch")]), 2);
     let topic_t = [("topic", "t")];
     let produces = "streamhouse_produce_requests_total";
     assert_eq!(counter(&recorded, produces, &topic_t), 1);
     assert_eq!(
         counter(&recorded, "streamhouse_fetch_requests_total", &topic_t),
-        1
+        2
     );
     let latency = "streamhouse_produce_latency_seconds";
     match value(&recorded, MetricKind::Histogram, latency, &[]) {

@@ -308,6 +308,7 @@ pub(crate) async fn messages(
         if read.records.is_empty() {
             break;
         }
+        agent.count_fetched(&tp, &read);
         for chunk in &read.records {
             for span in batch::walk(chunk) {
                 let header = span.header;

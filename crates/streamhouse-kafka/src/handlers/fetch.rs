@@ -42,15 +42,22 @@ pub(crate) async fn handle(agent: &Arc<Agent>, request: FetchRequest) -> FetchRe
         // Mark the current commit as seen before reading, so a commit that lands during the
         // read wakes the wait below.
         commits.borrow_and_update();
-        let (responses, total, failed) = collect(agent, &request, max_bytes).await;
+        let (responses, total, failed, reads) = collect(agent, &request, max_bytes).await;
         let expired = Instant::now() >= deadline;
+        // Only the read that is answered counts as fetched, not the ones a wait discards.
+        let answer = |responses| {
+            for (tp, read) in &reads {
+                agent.count_fetched(tp, read);
+            }
+            FetchResponse::default().with_responses(responses)
+        };
         if total >= min_bytes || failed || expired {
-            return FetchResponse::default().with_responses(responses);
+            return answer(responses);
         }
         tokio::select! {
             changed = commits.changed() => {
                 if changed.is_err() {
-                    return FetchResponse::default().with_responses(responses);
+                    return answer(responses);
                 }
             }
             _ = tokio::time::sleep_until(deadline) => {}
@@ -59,13 +66,18 @@ pub(crate) async fn handle(agent: &Arc<Agent>, request: FetchRequest) -> FetchRe
     }
 }
 
-/// Reads every requested partition once. Returns the responses, the bytes gathered, and
-/// whether any partition failed (an error answers at once, without waiting).
-async fn collect(
-    agent: &Arc<Agent>,
-    request: &FetchRequest,
-    max_bytes: usize,
-) -> (Vec<FetchableTopicResponse>, usize, bool) {
+/// What one round of reads gathered: the responses, their bytes, whether any partition
+/// failed (an error answers at once, without waiting), and the reads that returned records.
+type Collected = (
+    Vec<FetchableTopicResponse>,
+    usize,
+    bool,
+    Vec<(TopicPartition, streamhouse_agent::ReadResult)>,
+);
+
+/// Reads every requested partition once.
+async fn collect(agent: &Arc<Agent>, request: &FetchRequest, max_bytes: usize) -> Collected {
+    let mut reads = Vec::new();
     let mut total = 0usize;
     let mut failed = false;
     let mut topics = Vec::with_capacity(request.topics.len());
@@ -88,6 +100,7 @@ async fn collect(
                         records: Vec::new(),
                         high_watermark: hw,
                         log_start_offset: ls,
+                        record_count: 0,
                     })
             } else {
                 agent
@@ -95,13 +108,19 @@ async fn collect(
                     .await
             };
             partitions.push(match read {
-                Ok(read) => {
+                Ok(mut read) => {
                     total += read.len();
-                    response
+                    let records = concat(std::mem::take(&mut read.records));
+                    let response = response
                         .with_high_watermark(read.high_watermark.0)
                         .with_last_stable_offset(read.high_watermark.0)
                         .with_log_start_offset(read.log_start_offset.0)
-                        .with_records(Some(concat(read.records)))
+                        .with_records(Some(records.clone()));
+                    if !records.is_empty() {
+                        read.records = vec![records];
+                        reads.push((tp, read));
+                    }
+                    response
                 }
                 Err(e) => {
                     failed = true;
@@ -130,7 +149,7 @@ async fn collect(
                 .with_partitions(partitions),
         );
     }
-    (topics, total, failed)
+    (topics, total, failed, reads)
 }
 
 fn concat(mut parts: Vec<Bytes>) -> Bytes {
