@@ -115,13 +115,19 @@ impl AppState {
         self.history().iter().copied().collect()
     }
 
-    /// Takes a sample every [`SAMPLE_INTERVAL`] until `shutdown`.
+    /// Every [`SAMPLE_INTERVAL`] until `shutdown`: takes a throughput sample, and lets the
+    /// Prometheus recorder fold the histogram samples recorded since into its buckets (it
+    /// keeps each sample until then, so without this a server nobody scrapes would hold
+    /// every produce latency it ever measured).
     pub(crate) async fn run_sampler(self: Arc<Self>, shutdown: CancellationToken) {
         let mut tick = tokio::time::interval(SAMPLE_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                _ = tick.tick() => self.sample(),
+                _ = tick.tick() => {
+                    self.sample();
+                    self.metrics.run_upkeep();
+                }
                 _ = shutdown.cancelled() => return,
             }
         }
