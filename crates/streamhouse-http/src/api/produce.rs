@@ -1,11 +1,14 @@
 //! REST produce: JSON records into the same Kafka produce path as every other producer,
 //! answered with the real partition and offset once the record is durable.
 
+use std::collections::HashMap;
+
 use axum::extract::State;
 use base64::Engine;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use streamhouse_client::ProducerRecord;
+use streamhouse_metadata::Topic;
 use utoipa::ToSchema;
 
 use crate::api::topics::agent_group;
@@ -137,7 +140,8 @@ pub(crate) async fn produce(
     Json(request): Json<ProduceRequest>,
 ) -> Result<Json<ProduceResult>, ApiError> {
     let record = decode(request)?;
-    check_topic(&state, &record).await?;
+    let topic = state.agent.metadata().get_topic(&record.topic).await?;
+    check_topic(&state, topic.as_ref(), &record)?;
     let producer = state.producer().await?;
     let metadata = producer.send(record).await?.wait_offset().await?;
     Ok(Json(ProduceResult {
@@ -180,13 +184,22 @@ pub(crate) async fn produce_batch(
     let producer = state.producer().await?;
     // Send everything first, so that the records share batches; then wait for each.
     let mut pending = Vec::with_capacity(records.len());
+    // Each topic is looked up once per request, not once per record.
+    let mut topics: HashMap<String, Option<Topic>> = HashMap::new();
     for record in records {
-        let topic = record.topic.clone();
-        let handle = match check_topic(&state, &record).await {
+        let name = record.topic.clone();
+        let topic = match topics.get(&name) {
+            Some(topic) => Ok(topic.as_ref()),
+            None => match state.agent.metadata().get_topic(&name).await {
+                Ok(found) => Ok(topics.entry(name.clone()).or_insert(found).as_ref()),
+                Err(e) => Err(ApiError::from(e)),
+            },
+        };
+        let handle = match topic.and_then(|t| check_topic(&state, t, &record)) {
             Ok(()) => producer.send(record).await.map_err(ApiError::from),
             Err(e) => Err(e),
         };
-        pending.push((topic, handle));
+        pending.push((name, handle));
     }
     let mut results = Vec::with_capacity(pending.len());
     for (topic, handle) in pending {
@@ -260,18 +273,17 @@ fn decode(request: ProduceRequest) -> Result<ProducerRecord, ApiError> {
     })
 }
 
-/// Checks a record against its topic: unknown topics and partitions are refused here, at
-/// once, rather than left to the producer's metadata wait.
-async fn check_topic(state: &Shared, record: &ProducerRecord) -> Result<(), ApiError> {
-    let topic = state
-        .agent
-        .metadata()
-        .get_topic(&record.topic)
-        .await?
-        .ok_or_else(|| ApiError::UnknownTopic {
-            topic: record.topic.clone(),
-        })?;
-    let group = agent_group(&topic);
+/// Checks a record against its topic (`None`: no such topic): unknown topics and
+/// partitions are refused here, at once, rather than left to the producer's metadata wait.
+fn check_topic(
+    state: &Shared,
+    topic: Option<&Topic>,
+    record: &ProducerRecord,
+) -> Result<(), ApiError> {
+    let topic = topic.ok_or_else(|| ApiError::UnknownTopic {
+        topic: record.topic.clone(),
+    })?;
+    let group = agent_group(topic);
     if group != state.agent.config().group {
         return Err(ApiError::BadRequest(format!(
             "topic {:?} belongs to agent group {group:?}; produce through one of its agents (this one is in {:?})",
@@ -281,7 +293,7 @@ async fn check_topic(state: &Shared, record: &ProducerRecord) -> Result<(), ApiE
     }
     match record.partition {
         Some(partition) if partition >= topic.partitions => Err(ApiError::UnknownPartition {
-            topic: topic.name,
+            topic: topic.name.clone(),
             partition,
         }),
         _ => Ok(()),
