@@ -25,6 +25,9 @@ pub struct AgentConfig {
     pub auto_create_topics: bool,
     /// Partitions of auto-created topics.
     pub default_partitions: i32,
+    /// How often retention (`retention.ms`, `retention.bytes`) is enforced on the partitions
+    /// this agent leads.
+    pub retention_check_interval: Duration,
 }
 
 impl AgentConfig {
@@ -41,6 +44,7 @@ impl AgentConfig {
             heartbeat_interval: Duration::from_secs(10),
             auto_create_topics: false,
             default_partitions: 1,
+            retention_check_interval: Duration::from_secs(300),
         }
     }
 }

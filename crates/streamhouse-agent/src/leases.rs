@@ -429,7 +429,11 @@ impl Agent {
     /// on their own timers, so a balance round slowed by the store (a lock wait, a handoff's
     /// flush) never delays the renewal of the leases already held.
     pub(crate) async fn keep_leases(self: Arc<Self>, shutdown: CancellationToken) {
-        tokio::join!(self.renew_loop(&shutdown), self.balance_loop(&shutdown));
+        tokio::join!(
+            self.renew_loop(&shutdown),
+            self.balance_loop(&shutdown),
+            self.retention_loop(&shutdown)
+        );
     }
 
     async fn renew_loop(&self, shutdown: &CancellationToken) {

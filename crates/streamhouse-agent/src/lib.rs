@@ -20,6 +20,7 @@ pub mod error;
 mod leases;
 mod producers;
 mod read;
+mod retention;
 mod stats;
 
 pub use agent::{error_chain, Agent, Appended, OffsetSpec, ReadResult, MAX_PARTITIONS};

@@ -127,6 +127,13 @@ impl MetadataStore for Faulty {
     ) -> Result<Vec<IndexEntry>> {
         self.inner.find_entries(tp, from, limit).await
     }
+    async fn start_for_retained_bytes(
+        &self,
+        tp: &TopicPartition,
+        max_bytes: u64,
+    ) -> Result<Option<Offset>> {
+        self.inner.start_for_retained_bytes(tp, max_bytes).await
+    }
     async fn find_entry_by_timestamp(
         &self,
         tp: &TopicPartition,

@@ -192,6 +192,7 @@ pub(crate) async fn bench(args: BenchArgs) -> anyhow::Result<()> {
             group_initial_rebalance_delay_ms: 3000,
             lease_ttl_ms: 30_000,
             heartbeat_interval_ms: 10_000,
+            retention_check_interval_ms: 300_000,
         };
 
         // Phase 1: produce, then consume with the data still in the cache.

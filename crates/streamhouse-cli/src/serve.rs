@@ -98,6 +98,14 @@ pub(crate) struct ServeArgs {
     /// How long a partition lease lasts without renewal.
     #[arg(long, env = "STREAMHOUSE_LEASE_TTL_MS", default_value_t = 30_000)]
     pub(crate) lease_ttl_ms: u64,
+    /// How often retention (retention.ms, retention.bytes) is enforced on the partitions this
+    /// agent leads (Kafka's log.retention.check.interval.ms).
+    #[arg(
+        long,
+        env = "STREAMHOUSE_RETENTION_CHECK_INTERVAL_MS",
+        default_value_t = 300_000
+    )]
+    pub(crate) retention_check_interval_ms: u64,
     /// How often the agent heartbeats and renews its leases.
     #[arg(
         long,
@@ -236,6 +244,7 @@ pub(crate) async fn start(
         heartbeat_interval: Duration::from_millis(args.heartbeat_interval_ms),
         auto_create_topics: args.auto_create_topics,
         default_partitions: args.default_partitions,
+        retention_check_interval: Duration::from_millis(args.retention_check_interval_ms),
     };
     let agent = Agent::start(config, metadata, storage)
         .await

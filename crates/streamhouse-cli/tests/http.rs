@@ -966,3 +966,53 @@ async fn the_rest_produce_benchmark_checks_its_offsets() {
     let (_, topic) = api.get("/api/v1/topics/rest-bench").await;
     assert_eq!(topic["records"], 1200);
 }
+
+/// Retention in a running server: records older than `retention.ms` stop being readable at
+/// the next check (the log start moves past them), newer ones stay.
+#[tokio::test]
+async fn retention_moves_the_log_start_of_a_running_server() {
+    let (_dir, server) = start(&["--retention-check-interval-ms", "200"]);
+    let api = Api::new(&server);
+    let (status, _) = api
+        .post(
+            "/api/v1/topics",
+            &json!({"name": "ret", "partitions": 1, "configs": {"retention.ms": "60000"}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let old = json!({"records": [
+        {"topic": "ret", "value": "old-1", "timestamp": 1_000_000_000_000_i64},
+        {"topic": "ret", "value": "old-2", "timestamp": 1_000_000_000_001_i64},
+    ]});
+    let (status, _) = api.post("/api/v1/produce/batch", &old).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, fresh) = api
+        .post(
+            "/api/v1/produce",
+            &json!({"topic": "ret", "value": "fresh"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{fresh}");
+    let fresh_offset = fresh["offset"].as_i64().expect("offset");
+    assert_eq!(fresh_offset, 2);
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, topic) = api.get("/api/v1/topics/ret").await;
+        if topic["partitions"][0]["log_start_offset"] == fresh_offset {
+            assert_eq!(topic["records"], 1);
+            break;
+        }
+        assert!(Instant::now() < deadline, "retention did not run: {topic}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_error(
+        &api.get("/api/v1/topics/ret/partitions/0/messages?offset=0")
+            .await,
+        StatusCode::BAD_REQUEST,
+        "offset_out_of_range",
+    );
+    let (_, page) = api.get("/api/v1/topics/ret/partitions/0/messages").await;
+    assert_eq!(page["messages"][0]["value"], "fresh");
+    assert_eq!(page["messages"].as_array().map(Vec::len), Some(1));
+}

@@ -142,6 +142,15 @@ pub trait MetadataStore: Send + Sync + std::fmt::Debug {
         timestamp: i64,
     ) -> Result<Option<IndexEntry>>;
 
+    /// `retention.bytes`: where `tp` has to start so that its readable index entries hold at
+    /// most `max_bytes` (whole entries): the end offset of the newest readable entry that has
+    /// to go, or `None` when every readable entry fits.
+    async fn start_for_retained_bytes(
+        &self,
+        tp: &TopicPartition,
+        max_bytes: u64,
+    ) -> Result<Option<Offset>>;
+
     /// Replaces a topic's configs with `configs` (validated by the caller). Fails with
     /// [`MetadataError::NotFound`] if there is no such topic.
     async fn set_topic_configs(&self, name: &str, configs: &BTreeMap<String, String>)

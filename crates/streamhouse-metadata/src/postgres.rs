@@ -832,6 +832,35 @@ impl MetadataStore for PostgresStore {
         row.as_ref().map(|row| entry_from_row(tp, row)).transpose()
     }
 
+    async fn start_for_retained_bytes(
+        &self,
+        tp: &TopicPartition,
+        max_bytes: u64,
+    ) -> Result<Option<Offset>> {
+        // The running sum from the newest entry back; the newest entry past the budget and
+        // everything before it go.
+        let row = sqlx::query(
+            "SELECT end_offset FROM (\
+               SELECT e.end_offset, SUM(e.byte_len) OVER (ORDER BY e.base_offset DESC) AS from_end \
+               FROM index_entries e JOIN partitions p \
+                 ON p.topic = e.topic AND p.partition_id = e.partition_id \
+               WHERE e.topic = $1 AND e.partition_id = $2 AND e.end_offset > p.log_start_offset\
+             ) AS t WHERE from_end > $3 ORDER BY end_offset DESC LIMIT 1",
+        )
+        .bind(&tp.topic)
+        .bind(tp.partition.0)
+        .bind(i64::try_from(max_bytes).unwrap_or(i64::MAX))
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(MetadataError::db("find the retained-bytes start"))?;
+        row.map(|row| {
+            row.try_get::<i64, _>("end_offset")
+                .map(Offset)
+                .map_err(MetadataError::db("find the retained-bytes start"))
+        })
+        .transpose()
+    }
+
     async fn set_topic_configs(
         &self,
         name: &str,

@@ -1012,3 +1012,50 @@ async fn postgres_url_settings_are_checked() {
         Err(MetadataError::Invalid { .. })
     ));
 }
+
+#[tokio::test]
+async fn retained_bytes_start_counts_whole_readable_entries_from_the_newest() {
+    for (_scratch, store) in backends().await {
+        store.create_topic("r", 1, &BTreeMap::new()).await.unwrap();
+        let tp = TopicPartition::new("r", 0);
+        let a = agent("a");
+        let lease = store
+            .acquire_lease(&tp, &a, Duration::from_secs(30))
+            .await
+            .unwrap()
+            .unwrap();
+        // Three entries of 10 bytes each: [0, 10), [10, 12), [12, 20).
+        for (i, (base, end)) in [(0, 10), (10, 12), (12, 20)].into_iter().enumerate() {
+            let key = format!("o{i}");
+            store
+                .commit(
+                    &object(&key, &a),
+                    &[commit_for(&a, lease.epoch, &tp, base, end, &key)],
+                )
+                .await
+                .unwrap();
+        }
+        let start = |max| {
+            let store = store.clone();
+            let tp = tp.clone();
+            async move { store.start_for_retained_bytes(&tp, max).await.unwrap() }
+        };
+        assert_eq!(start(30).await, None, "all three fit");
+        assert_eq!(start(25).await, Some(Offset(10)), "the oldest goes");
+        assert_eq!(start(15).await, Some(Offset(12)));
+        assert_eq!(
+            start(5).await,
+            Some(Offset(20)),
+            "even the newest is too big"
+        );
+        // Entries below the log start no longer count.
+        store.advance_log_start(&tp, Offset(10)).await.unwrap();
+        assert_eq!(start(25).await, None);
+        let empty = TopicPartition::new("r", 0);
+        store.delete_topic("r").await.unwrap();
+        assert_eq!(
+            store.start_for_retained_bytes(&empty, 0).await.unwrap(),
+            None
+        );
+    }
+}

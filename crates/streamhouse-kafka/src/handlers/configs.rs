@@ -34,14 +34,18 @@ fn describe_entry(name: &str) -> (i8, Option<&'static str>) {
     match name {
         "message.timestamp.type" => (2, None),
         "max.message.bytes" => (3, None),
-        "retention.ms" | "retention.bytes" => (
+        "retention.ms" => (
             5,
-            Some("Stored and reported; not enforced yet: this version keeps every record."),
+            Some("Records whose index entry's newest record is older than this are deleted (the log start offset moves past them) at the next retention check; -1 keeps them."),
+        ),
+        "retention.bytes" => (
+            5,
+            Some("The oldest index entries are deleted once the partition holds more than this many bytes; -1 means no limit."),
         ),
         "cleanup.policy" => (
             7,
             Some(
-                "Stored and reported; not enforced yet: this version neither deletes nor compacts.",
+                "delete: retention.ms and retention.bytes trim the log; compact keeps every record for now (log compaction is not done yet); compact,delete trims by retention only.",
             ),
         ),
         streamhouse_metadata::AGENT_GROUP_CONFIG => (
