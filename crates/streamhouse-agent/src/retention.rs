@@ -41,10 +41,9 @@ impl Agent {
             .collect();
         let mut moved = 0;
         for (tp, retention_ms, retention_bytes) in led {
-            let target = self
+            let (target, log_start_offset) = self
                 .retention_start(&tp, retention_ms, retention_bytes)
                 .await?;
-            let (_, log_start_offset) = self.partition_offsets(&tp).await?;
             if target > log_start_offset {
                 let start = self.delete_records(&tp, target.0).await?;
                 info!(%tp, log_start_offset = %start, "retention moved the log start");
@@ -54,13 +53,14 @@ impl Agent {
         Ok(moved)
     }
 
-    /// Where `tp` should start under its retention settings (-1: unlimited).
+    /// Where `tp` should start under its retention settings (-1: unlimited), and where it
+    /// starts now.
     async fn retention_start(
         &self,
         tp: &TopicPartition,
         retention_ms: i64,
         retention_bytes: i64,
-    ) -> Result<Offset, AgentError> {
+    ) -> Result<(Offset, Offset), AgentError> {
         // Read first: whatever is committed after this has newer records.
         let (high_watermark, log_start_offset) = self.partition_offsets(tp).await?;
         let mut target = log_start_offset;
@@ -82,7 +82,7 @@ impl Agent {
                 target = target.max(start);
             }
         }
-        Ok(target.min(high_watermark))
+        Ok((target.min(high_watermark), log_start_offset))
     }
 
     /// Runs a retention pass every `interval` until `shutdown` (the first one after one
