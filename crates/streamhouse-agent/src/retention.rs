@@ -9,13 +9,11 @@
 //! OFFSET_OUT_OF_RANGE, ListOffsets earliest answers the new start); the index entries and
 //! objects that no longer hold readable records are left for garbage collection.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use streamhouse_metadata::{Offset, TopicPartition};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::agent::{error_chain, Agent};
+use crate::agent::{error_chain, now_ms, Agent};
 use crate::error::AgentError;
 
 impl Agent {
@@ -102,10 +100,4 @@ impl Agent {
             }
         }
     }
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }

@@ -157,14 +157,17 @@ pub(crate) async fn list_topics(
     let topics = metadata.list_topics().await?;
     let partitions = metadata.list_all_partitions().await?;
     let sizes = sizes(&state).await?;
+    // One pass over the partitions, not one per topic.
+    let mut totals: HashMap<&str, (i64, u64)> = HashMap::new();
+    for p in &partitions {
+        let t = totals.entry(p.tp.topic.as_str()).or_default();
+        t.0 += records_of(p);
+        t.1 += sizes.get(&p.tp).copied().unwrap_or(0);
+    }
     let mut out: Vec<TopicSummary> = topics
         .iter()
         .map(|t| {
-            let (records, bytes) = partitions
-                .iter()
-                .filter(|p| p.tp.topic == t.name)
-                .map(|p| (records_of(p), sizes.get(&p.tp).copied().unwrap_or(0)))
-                .fold((0, 0), |(r, b), (pr, pb)| (r + pr, b + pb));
+            let (records, bytes) = totals.get(t.name.as_str()).copied().unwrap_or_default();
             TopicSummary {
                 name: t.name.clone(),
                 partitions: t.partitions,
