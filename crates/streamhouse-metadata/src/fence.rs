@@ -3,7 +3,10 @@
 //! lease epoch. Backends read the partition's current state (locked, in their transaction)
 //! and ask [`check`] before they write.
 
-use crate::types::{AgentId, CommitRejection, LeaseEpoch, Offset, PartitionCommit};
+use crate::error::MetadataError;
+use crate::types::{
+    AgentId, CommitRejection, IndexEntry, LeaseEpoch, Offset, PartitionCommit, StoredEntry,
+};
 
 /// A partition's committed state as a backend read it inside its commit transaction.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,6 +49,49 @@ pub(crate) fn check(
             expected: commit.expected_high_watermark,
             actual: current.high_watermark,
         });
+    }
+    Ok(())
+}
+
+/// Whether a compaction swap is well formed: `old` is a non-empty contiguous run of one
+/// partition's entries, and `new` covers exactly the same offsets, contiguously, from
+/// `object_key`. Whether `old` is still what the index holds is the backend's check.
+pub(crate) fn check_swap(
+    object_key: &str,
+    old: &[IndexEntry],
+    new: &[StoredEntry],
+) -> Result<(), MetadataError> {
+    let invalid = |message: String| Err(MetadataError::Invalid { message });
+    let (Some(first), Some(last)) = (old.first(), old.last()) else {
+        return invalid("a compaction swap needs at least one old entry".into());
+    };
+    let tp = &first.tp;
+    let mut at = first.base_offset;
+    for e in old {
+        if &e.tp != tp || e.base_offset != at || e.end_offset <= e.base_offset {
+            return invalid(format!(
+                "old entries of {tp} are not one contiguous run at {at}"
+            ));
+        }
+        at = e.end_offset;
+    }
+    let mut at = first.base_offset;
+    for e in new.iter().map(|s| &s.entry) {
+        if &e.tp != tp || e.base_offset != at || e.end_offset <= e.base_offset {
+            return invalid(format!(
+                "new entries of {tp} are not one contiguous run at {at}"
+            ));
+        }
+        if e.object_key != object_key {
+            return invalid(format!("new entry at {at} of {tp} names another object"));
+        }
+        at = e.end_offset;
+    }
+    if at != last.end_offset {
+        return invalid(format!(
+            "new entries of {tp} end at {at}, the old ones at {}",
+            last.end_offset
+        ));
     }
     Ok(())
 }

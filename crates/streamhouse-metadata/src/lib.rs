@@ -151,6 +151,46 @@ pub trait MetadataStore: Send + Sync + std::fmt::Debug {
         max_bytes: u64,
     ) -> Result<Option<Offset>>;
 
+    /// Up to `limit` index entries of `tp` that hold offsets at or after `from`, in offset
+    /// order, with their lease epochs and commit times (for compaction).
+    async fn find_stored_entries(
+        &self,
+        tp: &TopicPartition,
+        from: Offset,
+        limit: usize,
+    ) -> Result<Vec<StoredEntry>>;
+
+    /// The compaction swap, in ONE transaction: checks that the index entries of the
+    /// partition in `old`'s offset range are exactly `old` (nothing added, removed or moved
+    /// underneath), records `object` (a key any commit or garbage collection already
+    /// recorded fails the whole swap), deletes `old` and inserts `new`, which must cover the
+    /// same offsets contiguously and name `object`. Readers see the same records at the same
+    /// offsets before and after. [`Swap::Changed`] when the check fails.
+    async fn replace_entries(
+        &self,
+        object: &ObjectRecord,
+        old: &[IndexEntry],
+        new: &[StoredEntry],
+    ) -> Result<Swap>;
+
+    /// Claims the cluster-wide maintenance job `job` for `holder` for `ttl` (store clock):
+    /// true if it was free, expired, or already `holder`'s (then it is extended).
+    async fn claim_job(&self, job: &str, holder: &AgentId, ttl: Duration) -> Result<bool>;
+
+    /// Garbage collection: marks the live objects that no index entry names as unreferenced
+    /// (nothing can name them again), then returns up to `limit` of those marked at least
+    /// `grace` ago: the ones that may be deleted from the object store.
+    async fn unreferenced_objects(&self, grace: Duration, limit: usize) -> Result<Vec<String>>;
+
+    /// Forgets objects returned by [`MetadataStore::unreferenced_objects`] once they are
+    /// deleted from the object store. Other keys are left alone.
+    async fn forget_objects(&self, keys: &[String]) -> Result<()>;
+
+    /// Orphan cleanup: records a tombstone for each of `keys` (found in the object store)
+    /// that no commit named, so that no commit can name it from now on, and returns every
+    /// key of `keys` that is an orphan (just now or earlier): the ones to delete.
+    async fn claim_orphans(&self, keys: &[String], holder: &AgentId) -> Result<Vec<String>>;
+
     /// Replaces a topic's configs with `configs` (validated by the caller). Fails with
     /// [`MetadataError::NotFound`] if there is no such topic.
     async fn set_topic_configs(&self, name: &str, configs: &BTreeMap<String, String>)
@@ -160,9 +200,11 @@ pub trait MetadataStore: Send + Sync + std::fmt::Debug {
     /// [`MetadataError::Invalid`] if that is not more than it has.
     async fn add_partitions(&self, name: &str, partitions: i32) -> Result<()>;
 
-    /// Moves a partition's log start offset forward to `offset` (DeleteRecords): records
-    /// below it are no longer readable. Never moves it back; `offset` must not pass the high
-    /// watermark. Returns the new log start offset.
+    /// Moves a partition's log start offset forward to `offset` (DeleteRecords, retention):
+    /// records below it are no longer readable, and the index entries that end at or below
+    /// it are deleted in the same transaction (their objects are left for garbage
+    /// collection). Never moves it back; `offset` must not pass the high watermark. Returns
+    /// the new log start offset.
     async fn advance_log_start(&self, tp: &TopicPartition, offset: Offset) -> Result<Offset>;
 
     /// OffsetForLeaderEpoch: the largest lease epoch at or below `epoch` that committed data

@@ -861,6 +861,205 @@ impl MetadataStore for PostgresStore {
         .transpose()
     }
 
+    async fn find_stored_entries(
+        &self,
+        tp: &TopicPartition,
+        from: Offset,
+        limit: usize,
+    ) -> Result<Vec<StoredEntry>> {
+        let rows = sqlx::query(
+            "SELECT e.base_offset, e.end_offset, e.object_key, e.byte_start, e.byte_len, \
+             e.max_timestamp, e.leader_epoch, o.created_at_ms FROM index_entries e \
+             JOIN objects o ON o.object_key = e.object_key \
+             WHERE e.topic = $1 AND e.partition_id = $2 AND e.end_offset > $3 \
+             ORDER BY e.end_offset LIMIT $4",
+        )
+        .bind(&tp.topic)
+        .bind(tp.partition.0)
+        .bind(from.0)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(MetadataError::db("find stored index entries"))?;
+        rows.iter()
+            .map(|row| {
+                Ok(StoredEntry {
+                    entry: entry_from_row(tp, row)?,
+                    leader_epoch: LeaseEpoch(get(row, "leader_epoch")?),
+                    committed_at_ms: get(row, "created_at_ms")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn replace_entries(
+        &self,
+        object: &ObjectRecord,
+        old: &[IndexEntry],
+        new: &[StoredEntry],
+    ) -> Result<Swap> {
+        crate::fence::check_swap(&object.key, old, new)?;
+        let (Some(first), Some(last)) = (old.first(), old.last()) else {
+            return Ok(Swap::Changed);
+        };
+        let tp = &first.tp;
+        let mut tx = self.begin("begin compaction swap").await?;
+        // The partition's row lock orders the swap with commits and log start moves.
+        let log_start: Option<i64> = sqlx::query_scalar(
+            "SELECT log_start_offset FROM partitions WHERE topic = $1 AND partition_id = $2 FOR UPDATE",
+        )
+        .bind(&tp.topic)
+        .bind(tp.partition.0)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(MetadataError::db("lock partition for compaction swap"))?;
+        let Some(log_start) = log_start else {
+            return Ok(Swap::Changed);
+        };
+        let rows = sqlx::query(
+            "SELECT base_offset, end_offset, object_key, byte_start, byte_len, max_timestamp \
+             FROM index_entries WHERE topic = $1 AND partition_id = $2 \
+             AND end_offset > $3 AND base_offset < $4 ORDER BY base_offset",
+        )
+        .bind(&tp.topic)
+        .bind(tp.partition.0)
+        .bind(first.base_offset.0)
+        .bind(last.end_offset.0)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(MetadataError::db("read entries to replace"))?;
+        let found = rows
+            .iter()
+            .map(|row| entry_from_row(tp, row))
+            .collect::<Result<Vec<_>>>()?;
+        if found != old {
+            return Ok(Swap::Changed);
+        }
+        sqlx::query(
+            "DELETE FROM index_entries WHERE topic = $1 AND partition_id = $2 \
+             AND base_offset >= $3 AND base_offset < $4",
+        )
+        .bind(&tp.topic)
+        .bind(tp.partition.0)
+        .bind(first.base_offset.0)
+        .bind(last.end_offset.0)
+        .execute(&mut *tx)
+        .await
+        .map_err(MetadataError::db("delete replaced entries"))?;
+        sqlx::query(&format!(
+            "INSERT INTO objects (object_key, size_bytes, writer, created_at_ms) VALUES ($1, $2, $3, {NOW_MS})"
+        ))
+        .bind(&object.key)
+        .bind(to_i64(object.size_bytes)?)
+        .bind(&object.writer.0)
+        .execute(&mut *tx)
+        .await
+        .map_err(MetadataError::db("record compacted object"))?;
+        // Keeps "no entry ends at or below the log start" (new entries end where old ones
+        // did, and those were above it, so this only guards against a future caller).
+        for stored in new.iter().filter(|s| s.entry.end_offset.0 > log_start) {
+            let entry = &stored.entry;
+            sqlx::query(
+                "INSERT INTO index_entries (topic, partition_id, base_offset, end_offset, object_key, \
+                 byte_start, byte_len, max_timestamp, leader_epoch) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            )
+            .bind(&tp.topic)
+            .bind(tp.partition.0)
+            .bind(entry.base_offset.0)
+            .bind(entry.end_offset.0)
+            .bind(&entry.object_key)
+            .bind(to_i64(entry.byte_start)?)
+            .bind(to_i64(entry.byte_len)?)
+            .bind(entry.max_timestamp)
+            .bind(stored.leader_epoch.0)
+            .execute(&mut *tx)
+            .await
+            .map_err(MetadataError::db("insert compacted entry"))?;
+        }
+        tx.commit()
+            .await
+            .map_err(MetadataError::db("commit compaction swap"))?;
+        Ok(Swap::Replaced)
+    }
+
+    async fn claim_job(&self, job: &str, holder: &AgentId, ttl: Duration) -> Result<bool> {
+        let done = sqlx::query(&format!(
+            "INSERT INTO maintenance_jobs (job, holder, expires_at_ms) VALUES ($1, $2, {NOW_MS} + $3) \
+             ON CONFLICT (job) DO UPDATE SET holder = excluded.holder, \
+             expires_at_ms = excluded.expires_at_ms \
+             WHERE maintenance_jobs.holder = excluded.holder OR maintenance_jobs.expires_at_ms <= {NOW_MS}"
+        ))
+        .bind(job)
+        .bind(&holder.0)
+        .bind(ttl_ms(ttl))
+        .execute(&self.pool)
+        .await
+        .map_err(MetadataError::db("claim maintenance job"))?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn unreferenced_objects(&self, grace: Duration, limit: usize) -> Result<Vec<String>> {
+        // A commit records its object and its entries in one transaction, so this statement
+        // sees either both or neither: a live object is never marked while named.
+        sqlx::query(&format!(
+            "UPDATE objects SET unreferenced_since_ms = {NOW_MS} \
+             WHERE state = 'live' AND unreferenced_since_ms IS NULL AND NOT EXISTS \
+             (SELECT 1 FROM index_entries e WHERE e.object_key = objects.object_key)"
+        ))
+        .execute(&self.pool)
+        .await
+        .map_err(MetadataError::db("mark unreferenced objects"))?;
+        let rows = sqlx::query(&format!(
+            "SELECT object_key FROM objects WHERE state = 'live' \
+             AND unreferenced_since_ms <= {NOW_MS} - $1 ORDER BY unreferenced_since_ms LIMIT $2"
+        ))
+        .bind(ttl_ms(grace))
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(MetadataError::db("list unreferenced objects"))?;
+        rows.iter().map(|row| get(row, "object_key")).collect()
+    }
+
+    async fn forget_objects(&self, keys: &[String]) -> Result<()> {
+        sqlx::query(
+            "DELETE FROM objects WHERE object_key = ANY($1) AND state = 'live' \
+             AND unreferenced_since_ms IS NOT NULL",
+        )
+        .bind(keys)
+        .execute(&self.pool)
+        .await
+        .map_err(MetadataError::db("forget objects"))?;
+        Ok(())
+    }
+
+    async fn claim_orphans(&self, keys: &[String], holder: &AgentId) -> Result<Vec<String>> {
+        let mut tx = self.begin("begin orphan claim").await?;
+        sqlx::query(&format!(
+            "INSERT INTO objects (object_key, size_bytes, writer, created_at_ms, state) \
+             SELECT k, 0, $2, {NOW_MS}, 'orphan' FROM UNNEST($1::text[]) AS k \
+             ON CONFLICT (object_key) DO NOTHING"
+        ))
+        .bind(keys)
+        .bind(&holder.0)
+        .execute(&mut *tx)
+        .await
+        .map_err(MetadataError::db("record orphans"))?;
+        let orphans: Vec<String> = sqlx::query_scalar(
+            "SELECT object_key FROM objects WHERE object_key = ANY($1) AND state = 'orphan' \
+             ORDER BY object_key",
+        )
+        .bind(keys)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(MetadataError::db("read orphans"))?;
+        tx.commit()
+            .await
+            .map_err(MetadataError::db("commit orphan claim"))?;
+        Ok(orphans)
+    }
+
     async fn set_topic_configs(
         &self,
         name: &str,
@@ -953,6 +1152,15 @@ impl MetadataStore for PostgresStore {
         .execute(&mut *tx)
         .await
         .map_err(MetadataError::db("advance log start"))?;
+        sqlx::query(
+            "DELETE FROM index_entries WHERE topic = $1 AND partition_id = $2 AND end_offset <= $3",
+        )
+        .bind(&tp.topic)
+        .bind(tp.partition.0)
+        .bind(new_start)
+        .execute(&mut *tx)
+        .await
+        .map_err(MetadataError::db("delete entries below the log start"))?;
         tx.commit()
             .await
             .map_err(MetadataError::db("commit log start change"))?;

@@ -665,6 +665,213 @@ impl MetadataStore for SqliteStore {
         .transpose()
     }
 
+    async fn find_stored_entries(
+        &self,
+        tp: &TopicPartition,
+        from: Offset,
+        limit: usize,
+    ) -> Result<Vec<StoredEntry>> {
+        let rows = sqlx::query(
+            "SELECT e.base_offset, e.end_offset, e.object_key, e.byte_start, e.byte_len, \
+             e.max_timestamp, e.leader_epoch, o.created_at_ms FROM index_entries e \
+             JOIN objects o ON o.object_key = e.object_key \
+             WHERE e.topic = ? AND e.partition_id = ? AND e.end_offset > ? \
+             ORDER BY e.end_offset LIMIT ?",
+        )
+        .bind(&tp.topic)
+        .bind(tp.partition.0)
+        .bind(from.0)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(MetadataError::db("find stored index entries"))?;
+        rows.iter()
+            .map(|row| {
+                Ok(StoredEntry {
+                    entry: entry_from_row(tp, row)?,
+                    leader_epoch: LeaseEpoch(row.get("leader_epoch")),
+                    committed_at_ms: row.get("created_at_ms"),
+                })
+            })
+            .collect()
+    }
+
+    async fn replace_entries(
+        &self,
+        object: &ObjectRecord,
+        old: &[IndexEntry],
+        new: &[StoredEntry],
+    ) -> Result<Swap> {
+        crate::fence::check_swap(&object.key, old, new)?;
+        let (Some(first), Some(last)) = (old.first(), old.last()) else {
+            return Ok(Swap::Changed);
+        };
+        let tp = &first.tp;
+        let mut tx = self.write_tx("begin compaction swap").await?;
+        let rows = sqlx::query(
+            "SELECT base_offset, end_offset, object_key, byte_start, byte_len, max_timestamp \
+             FROM index_entries WHERE topic = ? AND partition_id = ? \
+             AND end_offset > ? AND base_offset < ? ORDER BY base_offset",
+        )
+        .bind(&tp.topic)
+        .bind(tp.partition.0)
+        .bind(first.base_offset.0)
+        .bind(last.end_offset.0)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(MetadataError::db("read entries to replace"))?;
+        let found = rows
+            .iter()
+            .map(|row| entry_from_row(tp, row))
+            .collect::<Result<Vec<_>>>()?;
+        if found != old {
+            return Ok(Swap::Changed);
+        }
+        sqlx::query(
+            "DELETE FROM index_entries WHERE topic = ? AND partition_id = ? \
+             AND base_offset >= ? AND base_offset < ?",
+        )
+        .bind(&tp.topic)
+        .bind(tp.partition.0)
+        .bind(first.base_offset.0)
+        .bind(last.end_offset.0)
+        .execute(&mut *tx)
+        .await
+        .map_err(MetadataError::db("delete replaced entries"))?;
+        sqlx::query(&format!(
+            "INSERT INTO objects (object_key, size_bytes, writer, created_at_ms) VALUES (?, ?, ?, {NOW_MS})"
+        ))
+        .bind(&object.key)
+        .bind(to_i64(object.size_bytes)?)
+        .bind(&object.writer.0)
+        .execute(&mut *tx)
+        .await
+        .map_err(MetadataError::db("record compacted object"))?;
+        for stored in new {
+            let entry = &stored.entry;
+            sqlx::query(
+                "INSERT INTO index_entries (topic, partition_id, base_offset, end_offset, object_key, \
+                 byte_start, byte_len, max_timestamp, leader_epoch) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(&tp.topic)
+            .bind(tp.partition.0)
+            .bind(entry.base_offset.0)
+            .bind(entry.end_offset.0)
+            .bind(&entry.object_key)
+            .bind(to_i64(entry.byte_start)?)
+            .bind(to_i64(entry.byte_len)?)
+            .bind(entry.max_timestamp)
+            .bind(stored.leader_epoch.0)
+            .execute(&mut *tx)
+            .await
+            .map_err(MetadataError::db("insert compacted entry"))?;
+        }
+        // Keeps "no entry ends at or below the log start" even if the log start moved into
+        // the range meanwhile (new entries end where old ones did, so this is a safeguard).
+        sqlx::query(
+            "DELETE FROM index_entries WHERE topic = ? AND partition_id = ? AND end_offset <= \
+             (SELECT log_start_offset FROM partitions WHERE topic = ? AND partition_id = ?)",
+        )
+        .bind(&tp.topic)
+        .bind(tp.partition.0)
+        .bind(&tp.topic)
+        .bind(tp.partition.0)
+        .execute(&mut *tx)
+        .await
+        .map_err(MetadataError::db("delete entries below the log start"))?;
+        tx.commit()
+            .await
+            .map_err(MetadataError::db("commit compaction swap"))?;
+        Ok(Swap::Replaced)
+    }
+
+    async fn claim_job(&self, job: &str, holder: &AgentId, ttl: Duration) -> Result<bool> {
+        let done = sqlx::query(&format!(
+            "INSERT INTO maintenance_jobs (job, holder, expires_at_ms) VALUES (?, ?, {NOW_MS} + ?) \
+             ON CONFLICT (job) DO UPDATE SET holder = excluded.holder, \
+             expires_at_ms = excluded.expires_at_ms \
+             WHERE maintenance_jobs.holder = excluded.holder OR maintenance_jobs.expires_at_ms <= {NOW_MS}"
+        ))
+        .bind(job)
+        .bind(&holder.0)
+        .bind(ttl_ms(ttl))
+        .execute(&self.pool)
+        .await
+        .map_err(MetadataError::db("claim maintenance job"))?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn unreferenced_objects(&self, grace: Duration, limit: usize) -> Result<Vec<String>> {
+        let mut tx = self.write_tx("begin garbage collection").await?;
+        sqlx::query(&format!(
+            "UPDATE objects SET unreferenced_since_ms = {NOW_MS} \
+             WHERE state = 'live' AND unreferenced_since_ms IS NULL AND NOT EXISTS \
+             (SELECT 1 FROM index_entries e WHERE e.object_key = objects.object_key)"
+        ))
+        .execute(&mut *tx)
+        .await
+        .map_err(MetadataError::db("mark unreferenced objects"))?;
+        let rows = sqlx::query(&format!(
+            "SELECT object_key FROM objects WHERE state = 'live' \
+             AND unreferenced_since_ms <= {NOW_MS} - ? ORDER BY unreferenced_since_ms LIMIT ?"
+        ))
+        .bind(ttl_ms(grace))
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(MetadataError::db("list unreferenced objects"))?;
+        tx.commit()
+            .await
+            .map_err(MetadataError::db("commit garbage collection"))?;
+        Ok(rows.iter().map(|row| row.get("object_key")).collect())
+    }
+
+    async fn forget_objects(&self, keys: &[String]) -> Result<()> {
+        let mut tx = self.write_tx("begin forgetting objects").await?;
+        for key in keys {
+            sqlx::query(
+                "DELETE FROM objects WHERE object_key = ? AND state = 'live' \
+                 AND unreferenced_since_ms IS NOT NULL",
+            )
+            .bind(key)
+            .execute(&mut *tx)
+            .await
+            .map_err(MetadataError::db("forget object"))?;
+        }
+        tx.commit()
+            .await
+            .map_err(MetadataError::db("commit forgetting objects"))
+    }
+
+    async fn claim_orphans(&self, keys: &[String], holder: &AgentId) -> Result<Vec<String>> {
+        let mut tx = self.write_tx("begin orphan claim").await?;
+        let mut orphans = Vec::new();
+        for key in keys {
+            sqlx::query(&format!(
+                "INSERT INTO objects (object_key, size_bytes, writer, created_at_ms, state) \
+                 VALUES (?, 0, ?, {NOW_MS}, 'orphan') ON CONFLICT (object_key) DO NOTHING"
+            ))
+            .bind(key)
+            .bind(&holder.0)
+            .execute(&mut *tx)
+            .await
+            .map_err(MetadataError::db("record orphan"))?;
+            let state: Option<String> =
+                sqlx::query_scalar("SELECT state FROM objects WHERE object_key = ?")
+                    .bind(key)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(MetadataError::db("read object state"))?;
+            if state.as_deref() == Some("orphan") {
+                orphans.push(key.clone());
+            }
+        }
+        tx.commit()
+            .await
+            .map_err(MetadataError::db("commit orphan claim"))?;
+        Ok(orphans)
+    }
+
     async fn set_topic_configs(
         &self,
         name: &str,
@@ -759,6 +966,15 @@ impl MetadataStore for SqliteStore {
         .execute(&mut *tx)
         .await
         .map_err(MetadataError::db("advance log start"))?;
+        sqlx::query(
+            "DELETE FROM index_entries WHERE topic = ? AND partition_id = ? AND end_offset <= ?",
+        )
+        .bind(&tp.topic)
+        .bind(tp.partition.0)
+        .bind(new_start)
+        .execute(&mut *tx)
+        .await
+        .map_err(MetadataError::db("delete entries below the log start"))?;
         tx.commit()
             .await
             .map_err(MetadataError::db("commit log start change"))?;

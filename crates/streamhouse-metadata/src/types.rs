@@ -164,6 +164,25 @@ pub struct ObjectRecord {
     pub writer: AgentId,
 }
 
+/// An index entry as compaction sees it: with the lease epoch it was committed under (kept
+/// by compaction, for OffsetForLeaderEpoch) and when its object was committed (store clock).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredEntry {
+    pub entry: IndexEntry,
+    pub leader_epoch: LeaseEpoch,
+    pub committed_at_ms: i64,
+}
+
+/// What a compaction swap ([`crate::MetadataStore::replace_entries`]) did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Swap {
+    /// The old entries were replaced by the new ones.
+    Replaced,
+    /// The old entries are no longer exactly what the index holds (retention, a topic
+    /// deletion or another compaction got there first); nothing was changed.
+    Changed,
+}
+
 /// Why one partition's share of a commit was refused. The other partitions of the same
 /// commit are unaffected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

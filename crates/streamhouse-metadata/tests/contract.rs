@@ -1059,3 +1059,362 @@ async fn retained_bytes_start_counts_whole_readable_entries_from_the_newest() {
         );
     }
 }
+
+/// Commits `ranges` of `tp` as one entry each, in objects `o0`, `o1`, … (10 bytes each).
+async fn commit_entries(
+    store: &Arc<dyn MetadataStore>,
+    tp: &TopicPartition,
+    holder: &AgentId,
+    epoch: LeaseEpoch,
+    ranges: &[(i64, i64)],
+) {
+    for (i, (base, end)) in ranges.iter().enumerate() {
+        let key = format!("o{i}");
+        let results = store
+            .commit(
+                &object(&key, holder),
+                &[commit_for(holder, epoch, tp, *base, *end, &key)],
+            )
+            .await
+            .unwrap();
+        assert_eq!(results, vec![Ok(())]);
+    }
+}
+
+/// The new entries of a swap: `ranges` in object `key`, 10 bytes each, laid end to end.
+fn swapped(
+    tp: &TopicPartition,
+    key: &str,
+    epoch: LeaseEpoch,
+    ranges: &[(i64, i64)],
+) -> Vec<StoredEntry> {
+    ranges
+        .iter()
+        .enumerate()
+        .map(|(i, (base, end))| StoredEntry {
+            entry: IndexEntry {
+                tp: tp.clone(),
+                base_offset: Offset(*base),
+                end_offset: Offset(*end),
+                object_key: key.to_string(),
+                byte_start: 10 * i as u64,
+                byte_len: 10,
+                max_timestamp: 1000 + end,
+            },
+            leader_epoch: epoch,
+            committed_at_ms: 0,
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn compaction_swaps_entries_only_when_nothing_changed_underneath() {
+    for (_scratch, store) in backends().await {
+        store.create_topic("c", 1, &BTreeMap::new()).await.unwrap();
+        let tp = TopicPartition::new("c", 0);
+        let a = agent("a");
+        let lease = store
+            .acquire_lease(&tp, &a, Duration::from_secs(30))
+            .await
+            .unwrap()
+            .unwrap();
+        commit_entries(
+            &store,
+            &tp,
+            &a,
+            lease.epoch,
+            &[(0, 3), (3, 5), (5, 9), (9, 10)],
+        )
+        .await;
+        let stored = store
+            .find_stored_entries(&tp, Offset(0), 100)
+            .await
+            .unwrap();
+        assert_eq!(stored.len(), 4);
+        assert!(stored
+            .iter()
+            .all(|s| s.leader_epoch == lease.epoch && s.committed_at_ms > 0));
+        let old: Vec<IndexEntry> = stored[..3].iter().map(|s| s.entry.clone()).collect();
+
+        // Malformed swaps are refused before anything is read.
+        for bad in [
+            swapped(&tp, "c1", lease.epoch, &[(0, 5)]), // stops short
+            swapped(&tp, "c1", lease.epoch, &[(0, 4), (5, 9)]), // a gap
+            swapped(&tp, "c1", lease.epoch, &[(1, 9)]), // starts late
+        ] {
+            let err = store
+                .replace_entries(&object("c1", &a), &old, &bad)
+                .await
+                .unwrap_err();
+            assert!(matches!(err, MetadataError::Invalid { .. }), "{err:?}");
+        }
+        let other_object = swapped(&tp, "elsewhere", lease.epoch, &[(0, 9)]);
+        assert!(store
+            .replace_entries(&object("c1", &a), &old, &other_object)
+            .await
+            .is_err());
+
+        let new = swapped(&tp, "c1", lease.epoch, &[(0, 5), (5, 9)]);
+        assert_eq!(
+            store
+                .replace_entries(&object("c1", &a), &old, &new)
+                .await
+                .unwrap(),
+            Swap::Replaced
+        );
+        let entries = store.find_entries(&tp, Offset(0), 100).await.unwrap();
+        let keys: Vec<(i64, i64, &str)> = entries
+            .iter()
+            .map(|e| (e.base_offset.0, e.end_offset.0, e.object_key.as_str()))
+            .collect();
+        assert_eq!(keys, vec![(0, 5, "c1"), (5, 9, "c1"), (9, 10, "o3")]);
+        // Reads at any offset land in the entry holding it.
+        let at = store.find_entries(&tp, Offset(6), 1).await.unwrap();
+        assert_eq!(at[0].base_offset, Offset(5));
+        // The epochs are kept.
+        assert_eq!(
+            store.epoch_end_offset(&tp, lease.epoch).await.unwrap(),
+            Some((lease.epoch, Offset(10)))
+        );
+
+        // The same swap again: the old entries are gone, nothing changes.
+        let again = swapped(&tp, "c2", lease.epoch, &[(0, 9)]);
+        assert_eq!(
+            store
+                .replace_entries(&object("c2", &a), &old, &again)
+                .await
+                .unwrap(),
+            Swap::Changed
+        );
+        // An object key already recorded fails the whole swap.
+        let c1_rows: Vec<IndexEntry> = entries[..2].to_vec();
+        let reuse = swapped(&tp, "o3", lease.epoch, &[(0, 9)]);
+        assert!(store
+            .replace_entries(&object("o3", &a), &c1_rows, &reuse)
+            .await
+            .is_err());
+        assert_eq!(
+            store.find_entries(&tp, Offset(0), 100).await.unwrap(),
+            entries
+        );
+
+        // A log start moved into the range removes what it passed: the swap sees a change.
+        store.advance_log_start(&tp, Offset(4)).await.unwrap();
+        let after = store.find_entries(&tp, Offset(0), 100).await.unwrap();
+        assert_eq!(after, entries, "no entry ends at or below 4");
+        store.advance_log_start(&tp, Offset(9)).await.unwrap();
+        let after = store.find_entries(&tp, Offset(0), 100).await.unwrap();
+        assert_eq!(
+            after,
+            entries[2..].to_vec(),
+            "entries ending at or below 9 are deleted"
+        );
+        assert_eq!(
+            store
+                .replace_entries(
+                    &object("c3", &a),
+                    &c1_rows,
+                    &swapped(&tp, "c3", lease.epoch, &[(0, 9)])
+                )
+                .await
+                .unwrap(),
+            Swap::Changed
+        );
+        // Swaps on a deleted topic change nothing.
+        store.delete_topic("c").await.unwrap();
+        let last = after.clone();
+        assert_eq!(
+            store
+                .replace_entries(
+                    &object("c4", &a),
+                    &last,
+                    &swapped(&tp, "c4", lease.epoch, &[(9, 10)])
+                )
+                .await
+                .unwrap(),
+            Swap::Changed
+        );
+    }
+}
+
+#[tokio::test]
+async fn unreferenced_objects_are_handed_out_after_the_grace_period_then_forgotten() {
+    for (_scratch, store) in backends().await {
+        store.create_topic("g", 1, &BTreeMap::new()).await.unwrap();
+        let tp = TopicPartition::new("g", 0);
+        let a = agent("a");
+        let lease = store
+            .acquire_lease(&tp, &a, Duration::from_secs(30))
+            .await
+            .unwrap()
+            .unwrap();
+        commit_entries(&store, &tp, &a, lease.epoch, &[(0, 3), (3, 5), (5, 9)]).await;
+        let hour = Duration::from_secs(3600);
+        assert!(store
+            .unreferenced_objects(Duration::ZERO, 10)
+            .await
+            .unwrap()
+            .is_empty());
+
+        let old: Vec<IndexEntry> = store.find_entries(&tp, Offset(0), 2).await.unwrap();
+        let new = swapped(&tp, "c", lease.epoch, &[(0, 5)]);
+        store
+            .replace_entries(&object("c", &a), &old, &new)
+            .await
+            .unwrap();
+        // Marked now, but not handed out within the grace period.
+        assert!(store
+            .unreferenced_objects(hour, 10)
+            .await
+            .unwrap()
+            .is_empty());
+        let mut due = store
+            .unreferenced_objects(Duration::ZERO, 10)
+            .await
+            .unwrap();
+        due.sort();
+        assert_eq!(due, vec!["o0".to_string(), "o1".to_string()]);
+        assert_eq!(
+            store
+                .unreferenced_objects(Duration::ZERO, 1)
+                .await
+                .unwrap()
+                .len(),
+            1
+        );
+
+        // Forgetting leaves named objects alone.
+        store
+            .forget_objects(&["o0".into(), "o1".into(), "o2".into(), "c".into()])
+            .await
+            .unwrap();
+        assert!(store
+            .unreferenced_objects(Duration::ZERO, 10)
+            .await
+            .unwrap()
+            .is_empty());
+        assert_eq!(
+            store.find_entries(&tp, Offset(0), 10).await.unwrap().len(),
+            2
+        );
+
+        // Retention unnames objects by moving the log start.
+        store.advance_log_start(&tp, Offset(9)).await.unwrap();
+        let mut due = store
+            .unreferenced_objects(Duration::ZERO, 10)
+            .await
+            .unwrap();
+        due.sort();
+        assert_eq!(due, vec!["c".to_string(), "o2".to_string()]);
+        // So does deleting the topic.
+        store.create_topic("h", 1, &BTreeMap::new()).await.unwrap();
+        let th = TopicPartition::new("h", 0);
+        let lh = store
+            .acquire_lease(&th, &a, Duration::from_secs(30))
+            .await
+            .unwrap()
+            .unwrap();
+        store
+            .commit(
+                &object("h0", &a),
+                &[commit_for(&a, lh.epoch, &th, 0, 4, "h0")],
+            )
+            .await
+            .unwrap();
+        store.delete_topic("h").await.unwrap();
+        let due = store
+            .unreferenced_objects(Duration::ZERO, 10)
+            .await
+            .unwrap();
+        assert!(due.contains(&"h0".to_string()), "{due:?}");
+    }
+}
+
+#[tokio::test]
+async fn orphan_tombstones_refuse_a_late_commit_of_their_key() {
+    for (_scratch, store) in backends().await {
+        store.create_topic("o", 1, &BTreeMap::new()).await.unwrap();
+        let tp = TopicPartition::new("o", 0);
+        let a = agent("a");
+        let lease = store
+            .acquire_lease(&tp, &a, Duration::from_secs(30))
+            .await
+            .unwrap()
+            .unwrap();
+        commit_entries(&store, &tp, &a, lease.epoch, &[(0, 3)]).await;
+        let gc = agent("gc");
+        // A committed key is not an orphan; an unknown one is.
+        let orphans = store
+            .claim_orphans(&["o0".into(), "late".into()], &gc)
+            .await
+            .unwrap();
+        assert_eq!(orphans, vec!["late".to_string()]);
+        // Still an orphan when found again (its delete may have failed).
+        assert_eq!(
+            store.claim_orphans(&["late".into()], &gc).await.unwrap(),
+            vec!["late".to_string()]
+        );
+        // The writer of "late" commits after all: refused as a whole, nothing moves.
+        let late = store
+            .commit(
+                &object("late", &a),
+                &[commit_for(&a, lease.epoch, &tp, 3, 5, "late")],
+            )
+            .await;
+        assert!(late.is_err(), "{late:?}");
+        assert_eq!(
+            store
+                .get_partition(&tp)
+                .await
+                .unwrap()
+                .unwrap()
+                .high_watermark,
+            Offset(3)
+        );
+        assert_eq!(
+            store.find_entries(&tp, Offset(0), 10).await.unwrap().len(),
+            1
+        );
+        // Tombstones are not garbage to hand out again.
+        assert!(store
+            .unreferenced_objects(Duration::ZERO, 10)
+            .await
+            .unwrap()
+            .is_empty());
+        store.forget_objects(&["late".into()]).await.unwrap();
+        assert_eq!(
+            store.claim_orphans(&["late".into()], &gc).await.unwrap(),
+            vec!["late".to_string()]
+        );
+        // Nor can a compaction swap name it.
+        let old = store.find_entries(&tp, Offset(0), 10).await.unwrap();
+        let new = swapped(&tp, "late", lease.epoch, &[(0, 3)]);
+        assert!(store
+            .replace_entries(&object("late", &a), &old, &new)
+            .await
+            .is_err());
+    }
+}
+
+#[tokio::test]
+async fn maintenance_jobs_have_one_holder_until_it_lapses() {
+    for (_scratch, store) in backends().await {
+        let (a, b) = (agent("a"), agent("b"));
+        let ttl = Duration::from_secs(30);
+        assert!(store.claim_job("gc", &a, ttl).await.unwrap());
+        assert!(!store.claim_job("gc", &b, ttl).await.unwrap());
+        assert!(
+            store.claim_job("gc", &a, ttl).await.unwrap(),
+            "the holder extends it"
+        );
+        assert!(
+            store.claim_job("other", &b, ttl).await.unwrap(),
+            "jobs are separate"
+        );
+        // a's claim lapses at once.
+        assert!(store.claim_job("gc", &a, Duration::ZERO).await.unwrap());
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        assert!(store.claim_job("gc", &b, ttl).await.unwrap());
+        assert!(!store.claim_job("gc", &a, ttl).await.unwrap());
+    }
+}
