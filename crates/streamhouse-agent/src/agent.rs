@@ -608,12 +608,7 @@ impl Agent {
             return;
         }
 
-        let key = format!(
-            "data/{}/{:013}-{}.sho",
-            self.config.agent_id,
-            now_ms(),
-            uuid::Uuid::new_v4().simple()
-        );
+        let key = self.new_object_key();
         let (object, chunks) = builder.finish();
         let size = object.len() as u64;
         for (commit, chunk) in commits.iter_mut().zip(&chunks) {
@@ -840,6 +835,14 @@ impl Agent {
         if let Some(led) = self.lock().led.get(tp).filter(|led| !led.stale) {
             return Ok((led.next_offset, led.log_start_offset));
         }
+        self.fresh_partition_offsets(tp).await
+    }
+
+    /// The committed high watermark and log start of a partition, as the store has them.
+    pub(crate) async fn fresh_partition_offsets(
+        &self,
+        tp: &TopicPartition,
+    ) -> Result<(Offset, Offset), AgentError> {
         let p = self
             .metadata
             .get_partition(tp)
@@ -869,6 +872,26 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
         source = inner.source();
     }
     s
+}
+
+/// Runs `pass` every `interval` until `shutdown` (the first one after one interval), never
+/// if the interval is zero: the loop of each background job (retention, compaction, garbage
+/// collection).
+pub(crate) async fn every<F, Fut>(interval: Duration, shutdown: &CancellationToken, mut pass: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    if interval.is_zero() {
+        return;
+    }
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = shutdown.cancelled() => return,
+        }
+        pass().await;
+    }
 }
 
 /// Most partitions one topic may have: a request for a million partitions (a typo, or a

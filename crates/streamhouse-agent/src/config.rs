@@ -28,6 +28,25 @@ pub struct AgentConfig {
     /// How often retention (`retention.ms`, `retention.bytes`) is enforced on the partitions
     /// this agent leads.
     pub retention_check_interval: Duration,
+    /// Object compaction: how often the partitions this agent leads are looked at (zero:
+    /// never)…
+    pub compaction_interval: Duration,
+    /// …merging runs of small index entries (under `compaction_entry_bytes`) into objects of
+    /// about this size…
+    pub compaction_target_bytes: usize,
+    /// …once the run holds that much or its oldest entry is this old.
+    pub compaction_window: Duration,
+    /// The byte size of the index entries compaction writes, and below which an entry
+    /// counts as small: a read fetches at most about this much to reach one record.
+    pub compaction_entry_bytes: usize,
+    /// Garbage collection (one agent of the cluster at a time): how often it runs (zero:
+    /// never)…
+    pub gc_interval: Duration,
+    /// …how long an object no index entry names is kept before it is deleted (covers reads
+    /// that looked the old entries up just before they were replaced)…
+    pub gc_grace: Duration,
+    /// …and how old an object that no commit named must be before it counts as an orphan.
+    pub orphan_grace: Duration,
 }
 
 impl AgentConfig {
@@ -45,6 +64,13 @@ impl AgentConfig {
             auto_create_topics: false,
             default_partitions: 1,
             retention_check_interval: Duration::from_secs(300),
+            compaction_interval: Duration::ZERO,
+            compaction_target_bytes: 64 << 20,
+            compaction_window: Duration::from_secs(600),
+            compaction_entry_bytes: 1 << 20,
+            gc_interval: Duration::ZERO,
+            gc_grace: Duration::from_secs(60),
+            orphan_grace: Duration::from_secs(600),
         }
     }
 }

@@ -48,6 +48,8 @@ pub enum AgentError {
     FencedLeaderEpoch { tp: TopicPartition },
     #[error("the client's leader epoch for {tp} is newer than this leader's")]
     UnknownLeaderEpoch { tp: TopicPartition },
+    #[error("stored data is corrupt: {reason}")]
+    CorruptData { reason: String },
     #[error("the agent is shutting down")]
     ShuttingDown,
     /// The flush carrying the batch failed (object write or metadata commit); nothing of it

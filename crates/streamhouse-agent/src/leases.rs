@@ -432,7 +432,9 @@ impl Agent {
         tokio::join!(
             self.renew_loop(&shutdown),
             self.balance_loop(&shutdown),
-            self.retention_loop(&shutdown)
+            self.retention_loop(&shutdown),
+            self.compaction_loop(&shutdown),
+            self.gc_loop(&shutdown)
         );
     }
 

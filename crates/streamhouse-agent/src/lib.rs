@@ -7,6 +7,10 @@
 //! - [`leases`]: acquiring, renewing and releasing partition leases.
 //! - `producers`: idempotent producers: InitProducerId and per-partition sequence checks.
 //! - `admin`: topic configs, partition increases, DeleteRecords.
+//! - `retention`: retention.ms / retention.bytes, by moving the log start.
+//! - `compaction`: merging a partition's small slices into large per-partition objects.
+//! - `gc`: deleting objects no index entry names, and orphans no commit named.
+//! - [`failpoints`]: crash points for the crash tests.
 //! - `stats`: the agent's metrics and throughput totals; [`describe_metrics`] gives the
 //!   metrics their help text and is called once at start by whoever installs the recorder.
 //!
@@ -15,8 +19,11 @@
 
 mod admin;
 pub mod agent;
+mod compaction;
 pub mod config;
 pub mod error;
+pub mod failpoints;
+mod gc;
 mod leases;
 mod producers;
 mod read;
@@ -24,6 +31,8 @@ mod retention;
 mod stats;
 
 pub use agent::{error_chain, Agent, Appended, OffsetSpec, ReadResult, MAX_PARTITIONS};
+pub use compaction::CompactionStats;
 pub use config::AgentConfig;
 pub use error::AgentError;
+pub use gc::GcStats;
 pub use stats::{describe_metrics, ThroughputTotals};

@@ -2,13 +2,15 @@
 
 use bytes::Bytes;
 use streamhouse_metadata::{LeaseEpoch, Offset, TopicPartition};
-use streamhouse_storage::batch;
+use streamhouse_storage::{batch, StorageError};
 
 use crate::agent::{Agent, OffsetSpec, ReadResult};
 use crate::error::AgentError;
 
 /// Index entries looked up per read; more are read only if these do not fill `max_bytes`.
 const ENTRIES_PER_LOOKUP: usize = 16;
+/// Fresh lookups a read makes when an entry's object has gone (replaced and deleted).
+const MAX_LOOKUPS_AFTER_MISSING: usize = 3;
 
 impl Agent {
     /// Reads committed record batches of `tp` starting at the batch that holds `offset`,
@@ -41,6 +43,7 @@ impl Agent {
         }
         let mut position = offset;
         let mut size = 0usize;
+        let mut lookups_left = MAX_LOOKUPS_AFTER_MISSING;
         'entries: while position < high_watermark {
             let entries = self
                 .metadata
@@ -54,8 +57,32 @@ impl Agent {
                 if entry.base_offset >= high_watermark {
                     break 'entries;
                 }
+                if entry.base_offset > position {
+                    // The entries before this one were deleted meanwhile: retention moved
+                    // the log start past `position`.
+                    if result.records.is_empty() {
+                        let (high_watermark, log_start_offset) =
+                            self.fresh_partition_offsets(tp).await?;
+                        return Err(AgentError::OffsetOutOfRange {
+                            tp: tp.clone(),
+                            offset,
+                            log_start_offset,
+                            high_watermark,
+                        });
+                    }
+                    break 'entries;
+                }
                 let range = entry.byte_start..entry.byte_start + entry.byte_len;
-                let chunk = self.storage().read_range(&entry.object_key, range).await?;
+                let chunk = match self.storage().read_range(&entry.object_key, range).await {
+                    Ok(chunk) => chunk,
+                    // Compaction replaced the entry and garbage collection deleted its old
+                    // object after the lookup: look the entries up again.
+                    Err(StorageError::NotFound { .. }) if lookups_left > 0 => {
+                        lookups_left -= 1;
+                        continue 'entries;
+                    }
+                    Err(e) => return Err(e.into()),
+                };
                 let Trimmed {
                     start,
                     end,

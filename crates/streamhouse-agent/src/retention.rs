@@ -13,7 +13,7 @@ use streamhouse_metadata::{Offset, TopicPartition};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::agent::{error_chain, now_ms, Agent};
+use crate::agent::{error_chain, every, now_ms, Agent};
 use crate::error::AgentError;
 
 impl Agent {
@@ -83,21 +83,17 @@ impl Agent {
         Ok((target.min(high_watermark), log_start_offset))
     }
 
-    /// Runs a retention pass every `interval` until `shutdown` (the first one after one
-    /// interval, like Kafka's log.retention.check.interval.ms).
+    /// Runs a retention pass every `retention_check_interval` until `shutdown` (the first
+    /// one after one interval, like Kafka's log.retention.check.interval.ms).
     pub(crate) async fn retention_loop(&self, shutdown: &CancellationToken) {
-        let interval = self.config.retention_check_interval;
-        loop {
-            tokio::select! {
-                _ = tokio::time::sleep(interval) => {}
-                _ = shutdown.cancelled() => return,
-            }
+        every(self.config.retention_check_interval, shutdown, || async {
             match self.enforce_retention().await {
                 Ok(moved) => debug!(moved, "retention pass done"),
                 Err(e) => {
                     warn!(error = %error_chain(&e), "retention pass failed; retrying at the next one")
                 }
             }
-        }
+        })
+        .await;
     }
 }

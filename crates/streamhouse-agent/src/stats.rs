@@ -27,6 +27,8 @@ pub(crate) const FLUSH_BATCHES: &str = "streamhouse_flush_batches";
 pub(crate) const FLUSH_DURATION: &str = "streamhouse_flush_duration_seconds";
 pub(crate) const FLUSH_FAILURES: &str = "streamhouse_flush_failures_total";
 pub(crate) const COMMIT_DURATION: &str = "streamhouse_metadata_commit_duration_seconds";
+pub(crate) const COMPACTION_BYTES: &str = "streamhouse_compaction_bytes_total";
+pub(crate) const COMPACTION_DURATION: &str = "streamhouse_compaction_duration_seconds";
 
 /// Totals since the agent started, for rate computation.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -108,9 +110,25 @@ pub(crate) fn commit_done(elapsed: Duration) {
     histogram!(COMMIT_DURATION).record(elapsed.as_secs_f64());
 }
 
+/// One compaction run swapped in: the bytes it merged and how long it took.
+pub(crate) fn compaction_done(bytes: u64, elapsed: Duration) {
+    counter!(COMPACTION_BYTES).increment(bytes);
+    histogram!(COMPACTION_DURATION).record(elapsed.as_secs_f64());
+}
+
 /// Gives the agent's metrics their help text and units. Call once at start, after the
 /// `metrics` recorder is installed (a recorder installed later does not see it).
 pub fn describe_metrics() {
+    describe_counter!(
+        COMPACTION_BYTES,
+        Unit::Bytes,
+        "Record batch bytes merged by object compaction into per-partition objects."
+    );
+    describe_histogram!(
+        COMPACTION_DURATION,
+        Unit::Seconds,
+        "Duration of one compaction run, from reading its slices to its index swap."
+    );
     describe_counter!(
         PRODUCE_RECORDS,
         Unit::Count,

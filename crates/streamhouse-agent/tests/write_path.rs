@@ -181,6 +181,34 @@ impl MetadataStore for Faulty {
     async fn ping(&self) -> Result<()> {
         self.inner.ping().await
     }
+    async fn find_stored_entries(
+        &self,
+        tp: &TopicPartition,
+        from: Offset,
+        limit: usize,
+    ) -> Result<Vec<StoredEntry>> {
+        self.inner.find_stored_entries(tp, from, limit).await
+    }
+    async fn replace_entries(
+        &self,
+        o: &ObjectRecord,
+        old: &[IndexEntry],
+        new: &[StoredEntry],
+    ) -> Result<Swap> {
+        self.inner.replace_entries(o, old, new).await
+    }
+    async fn claim_job(&self, j: &str, h: &AgentId, ttl: Duration) -> Result<bool> {
+        self.inner.claim_job(j, h, ttl).await
+    }
+    async fn unreferenced_objects(&self, grace: Duration, limit: usize) -> Result<Vec<String>> {
+        self.inner.unreferenced_objects(grace, limit).await
+    }
+    async fn forget_objects(&self, keys: &[String]) -> Result<()> {
+        self.inner.forget_objects(keys).await
+    }
+    async fn claim_orphans(&self, keys: &[String], h: &AgentId) -> Result<Vec<String>> {
+        self.inner.claim_orphans(keys, h).await
+    }
 }
 
 struct Setup {

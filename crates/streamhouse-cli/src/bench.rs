@@ -98,6 +98,13 @@ pub(crate) struct BenchArgs {
     /// Embedded server: flush size.
     #[arg(long, env = "STREAMHOUSE_BENCH_FLUSH_MAX_BYTES", default_value_t = 8 * 1024 * 1024)]
     flush_max_bytes: usize,
+    /// Embedded server: how often object compaction runs (0: never; the server's default).
+    #[arg(
+        long,
+        env = "STREAMHOUSE_BENCH_COMPACTION_INTERVAL_MS",
+        default_value_t = 30_000
+    )]
+    compaction_interval_ms: u64,
     /// Embedded server: data dir [default: a new temporary directory].
     #[arg(long, env = "STREAMHOUSE_BENCH_DATA_DIR")]
     data_dir: Option<PathBuf>,
@@ -193,6 +200,13 @@ pub(crate) async fn bench(args: BenchArgs) -> anyhow::Result<()> {
             lease_ttl_ms: 30_000,
             heartbeat_interval_ms: 10_000,
             retention_check_interval_ms: 300_000,
+            compaction_interval_ms: args.compaction_interval_ms,
+            compaction_target_bytes: 64 << 20,
+            compaction_window_ms: 600_000,
+            compaction_entry_bytes: 1 << 20,
+            gc_interval_ms: 60_000,
+            gc_grace_ms: 60_000,
+            orphan_grace_ms: 600_000,
         };
 
         // Phase 1: produce, then consume with the data still in the cache.

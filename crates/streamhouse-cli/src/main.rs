@@ -45,6 +45,8 @@ enum Command {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    // Crash points for the crash tests (FAILPOINTS=<name>=return); inert without it.
+    let _failpoints = streamhouse_agent::failpoints::setup();
     let default_level = match cli.command {
         Command::Serve(_) => "info",
         _ => "warn",

@@ -106,6 +106,38 @@ pub(crate) struct ServeArgs {
         default_value_t = 300_000
     )]
     pub(crate) retention_check_interval_ms: u64,
+    /// How often object compaction looks at the partitions this agent leads (0: never).
+    #[arg(
+        long,
+        env = "STREAMHOUSE_COMPACTION_INTERVAL_MS",
+        default_value_t = 30_000
+    )]
+    pub(crate) compaction_interval_ms: u64,
+    /// Compaction merges a partition's small slices into objects of about this size…
+    #[arg(long, env = "STREAMHOUSE_COMPACTION_TARGET_BYTES", default_value_t = 64 * 1024 * 1024)]
+    pub(crate) compaction_target_bytes: usize,
+    /// …or, short of that, once the oldest slice of a run is this old.
+    #[arg(
+        long,
+        env = "STREAMHOUSE_COMPACTION_WINDOW_MS",
+        default_value_t = 600_000
+    )]
+    pub(crate) compaction_window_ms: u64,
+    /// Size of the index entries compaction writes (a read fetches about this much to reach
+    /// one record); smaller entries count as small slices.
+    #[arg(long, env = "STREAMHOUSE_COMPACTION_ENTRY_BYTES", default_value_t = 1024 * 1024)]
+    pub(crate) compaction_entry_bytes: usize,
+    /// How often garbage collection runs (on one agent of the cluster at a time; 0: never).
+    #[arg(long, env = "STREAMHOUSE_GC_INTERVAL_MS", default_value_t = 60_000)]
+    pub(crate) gc_interval_ms: u64,
+    /// How long an object no index entry names is kept before garbage collection deletes it
+    /// (covers reads that looked it up just before it was replaced).
+    #[arg(long, env = "STREAMHOUSE_GC_GRACE_MS", default_value_t = 60_000)]
+    pub(crate) gc_grace_ms: u64,
+    /// How old an object that no commit named must be before garbage collection deletes it
+    /// as an orphan.
+    #[arg(long, env = "STREAMHOUSE_ORPHAN_GRACE_MS", default_value_t = 600_000)]
+    pub(crate) orphan_grace_ms: u64,
     /// How often the agent heartbeats and renews its leases.
     #[arg(
         long,
@@ -123,6 +155,11 @@ impl ServeArgs {
         }
         if self.max_pending_bytes < self.flush_max_bytes {
             bail!("--max-pending-bytes must be at least --flush-max-bytes");
+        }
+        if self.compaction_entry_bytes == 0
+            || self.compaction_target_bytes < self.compaction_entry_bytes
+        {
+            bail!("--compaction-target-bytes must be at least --compaction-entry-bytes, which must be positive");
         }
         if self.default_partitions < 1 {
             bail!("--default-partitions must be at least 1");
@@ -245,6 +282,13 @@ pub(crate) async fn start(
         auto_create_topics: args.auto_create_topics,
         default_partitions: args.default_partitions,
         retention_check_interval: Duration::from_millis(args.retention_check_interval_ms),
+        compaction_interval: Duration::from_millis(args.compaction_interval_ms),
+        compaction_target_bytes: args.compaction_target_bytes,
+        compaction_window: Duration::from_millis(args.compaction_window_ms),
+        compaction_entry_bytes: args.compaction_entry_bytes,
+        gc_interval: Duration::from_millis(args.gc_interval_ms),
+        gc_grace: Duration::from_millis(args.gc_grace_ms),
+        orphan_grace: Duration::from_millis(args.orphan_grace_ms),
     };
     let agent = Agent::start(config, metadata, storage)
         .await

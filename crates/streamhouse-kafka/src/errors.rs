@@ -23,9 +23,10 @@ pub fn error_code(e: &AgentError) -> ResponseError {
         AgentError::TopicAlreadyExists { .. } => ResponseError::TopicAlreadyExists,
         AgentError::InvalidPartitions { .. } => ResponseError::InvalidPartitions,
         AgentError::InvalidConfig { .. } => ResponseError::InvalidConfig,
-        AgentError::Storage(_) | AgentError::Metadata(_) | AgentError::FlushFailed { .. } => {
-            ResponseError::KafkaStorageError
-        }
+        AgentError::Storage(_)
+        | AgentError::Metadata(_)
+        | AgentError::FlushFailed { .. }
+        | AgentError::CorruptData { .. } => ResponseError::KafkaStorageError,
         AgentError::InvalidProducerEpoch { .. } => ResponseError::InvalidProducerEpoch,
         AgentError::OutOfOrderSequence { .. } => ResponseError::OutOfOrderSequenceNumber,
         AgentError::ProducerFenced { .. } => ResponseError::ProducerFenced,

@@ -218,6 +218,16 @@ impl ObjectStorage {
     /// Writes a new object; fails rather than overwrite one that exists. On success the
     /// bytes are durable in the store and also cached.
     pub async fn put_new(&self, key: &str, bytes: Bytes) -> Result<(), StorageError> {
+        self.put_create(key, bytes, true).await
+    }
+
+    /// [`ObjectStorage::put_new`] without caching the object: for compaction's large
+    /// outputs, which would only push recent flushes out of the cache.
+    pub async fn put_new_uncached(&self, key: &str, bytes: Bytes) -> Result<(), StorageError> {
+        self.put_create(key, bytes, false).await
+    }
+
+    async fn put_create(&self, key: &str, bytes: Bytes, cache: bool) -> Result<(), StorageError> {
         let len = bytes.len() as u64;
         let opts = PutOptions {
             mode: PutMode::Create,
@@ -246,8 +256,53 @@ impl ObjectStorage {
         written?;
         self.stats.puts.fetch_add(1, Ordering::Relaxed);
         self.stats.put_bytes.fetch_add(len, Ordering::Relaxed);
-        self.cache.insert_object(key, bytes);
+        if cache {
+            self.cache.insert_object(key, bytes);
+        }
         Ok(())
+    }
+
+    /// Deletes an object; one that is already gone is not an error. Cached pieces of it are
+    /// left to age out: keys are never reused, so nothing asks for them again.
+    pub async fn delete(&self, key: &str) -> Result<(), StorageError> {
+        let started = Instant::now();
+        let deleted = match self.store.delete(&Path::from(key)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(source) => Err(StorageError::Unavailable {
+                context: "delete",
+                key: key.to_string(),
+                source,
+            }),
+        };
+        observe("delete", started, deleted.as_ref().ok().map(|_| 0));
+        deleted
+    }
+
+    /// Every object under `prefix` (a `/`-separated key prefix), with its last-modified
+    /// time in milliseconds since the Unix epoch (the object store's clock).
+    pub async fn list(&self, prefix: &str) -> Result<Vec<(String, i64)>, StorageError> {
+        use futures_util::TryStreamExt;
+        let started = Instant::now();
+        let listed: Result<Vec<object_store::ObjectMeta>, _> = self
+            .store
+            .list(Some(&Path::from(prefix)))
+            .try_collect()
+            .await;
+        observe("list", started, listed.as_ref().ok().map(|_| 0));
+        let listed = listed.map_err(|source| StorageError::Unavailable {
+            context: "list",
+            key: prefix.to_string(),
+            source,
+        })?;
+        Ok(listed
+            .into_iter()
+            .map(|meta| {
+                (
+                    meta.location.to_string(),
+                    meta.last_modified.timestamp_millis(),
+                )
+            })
+            .collect())
     }
 
     /// Reads `range` of an object, from the cache when it can.
@@ -344,6 +399,39 @@ mod tests {
             s.read_range("missing", 0..1).await,
             Err(StorageError::NotFound { .. })
         ));
+    }
+
+    #[tokio::test]
+    async fn objects_are_listed_by_prefix_and_deleted_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = ObjectStorage::open(&format!("file://{}", dir.path().display()), 1 << 20).unwrap();
+        let before = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64;
+        for key in ["data/a/1.sho", "data/b/2.sho", "other/3"] {
+            s.put_new_uncached(key, Bytes::from_static(b"x"))
+                .await
+                .unwrap();
+        }
+        let mut listed = s.list("data").await.unwrap();
+        listed.sort();
+        let keys: Vec<&str> = listed.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(keys, vec!["data/a/1.sho", "data/b/2.sho"]);
+        assert!(
+            listed.iter().all(|(_, ms)| *ms >= before - 2000),
+            "{listed:?}"
+        );
+        s.delete("data/a/1.sho").await.unwrap();
+        s.delete("data/a/1.sho").await.unwrap();
+        assert!(matches!(
+            s.read_range("data/a/1.sho", 0..1).await,
+            Err(StorageError::NotFound { .. })
+        ));
+        assert_eq!(s.list("data").await.unwrap().len(), 1);
+        // Uncached: the read goes to the store.
+        s.read_range("data/b/2.sho", 0..1).await.unwrap();
+        assert_eq!(s.stats().cache_hits.load(Ordering::Relaxed), 0);
     }
 
     #[tokio::test]

@@ -25,6 +25,7 @@ pub struct ServerProcess {
     binary: PathBuf,
     data_dir: PathBuf,
     extra_args: Vec<String>,
+    env: Vec<(String, String)>,
     /// The Kafka listener, "127.0.0.1:PORT".
     pub kafka_addr: String,
     /// The HTTP server (REST API, console, metrics), "127.0.0.1:PORT".
@@ -34,13 +35,28 @@ pub struct ServerProcess {
 impl ServerProcess {
     /// Starts `binary serve` on `data_dir` with a random port and waits until it is ready.
     pub fn start(binary: &Path, data_dir: &Path, extra_args: &[&str]) -> ServerProcess {
-        let extra_args: Vec<String> = extra_args.iter().map(|s| s.to_string()).collect();
-        let (child, ready) = spawn(binary, data_dir, &extra_args);
+        ServerProcess::start_with_env(binary, data_dir, extra_args, &[])
+    }
+
+    /// [`ServerProcess::start`] with extra environment variables.
+    pub fn start_with_env(
+        binary: &Path,
+        data_dir: &Path,
+        extra_args: &[&str],
+        env: &[(&str, &str)],
+    ) -> ServerProcess {
+        let extra_args = owned(extra_args);
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let (child, ready) = spawn(binary, data_dir, &extra_args, &env);
         ServerProcess {
             child,
             binary: binary.to_path_buf(),
             data_dir: data_dir.to_path_buf(),
             extra_args,
+            env,
             kafka_addr: ready.kafka,
             http_addr: ready.http,
         }
@@ -82,10 +98,32 @@ impl ServerProcess {
         if self.is_running() {
             self.kill9();
         }
-        let (child, ready) = spawn(&self.binary, &self.data_dir, &self.extra_args);
+        let (child, ready) = spawn(&self.binary, &self.data_dir, &self.extra_args, &self.env);
         self.child = child;
         self.kafka_addr = ready.kafka;
         self.http_addr = ready.http;
+    }
+
+    /// Restarts with other flags and environment variables (kept for later restarts).
+    pub fn restart_with(&mut self, extra_args: &[&str], env: &[(&str, &str)]) {
+        self.extra_args = owned(extra_args);
+        self.env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        self.restart();
+    }
+
+    /// Waits up to `timeout` for the process to exit by itself; whether it did.
+    pub fn wait_exit(&mut self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if !self.is_running() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
     }
 
     /// The server's log so far.
@@ -115,7 +153,16 @@ struct Ready {
     http: String,
 }
 
-fn spawn(binary: &Path, data_dir: &Path, extra_args: &[String]) -> (Child, Ready) {
+fn owned(args: &[&str]) -> Vec<String> {
+    args.iter().map(|s| s.to_string()).collect()
+}
+
+fn spawn(
+    binary: &Path,
+    data_dir: &Path,
+    extra_args: &[String],
+    env: &[(String, String)],
+) -> (Child, Ready) {
     std::fs::create_dir_all(data_dir).expect("create data dir");
     let log = std::fs::OpenOptions::new()
         .create(true)
@@ -141,6 +188,7 @@ fn spawn(binary: &Path, data_dir: &Path, extra_args: &[String]) -> (Child, Ready
             "RUST_LOG",
             std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
         )
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdout(Stdio::piped())
         .stderr(log)
         .spawn()

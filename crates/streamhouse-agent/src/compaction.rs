@@ -1,0 +1,334 @@
+//! Object compaction: every flush writes one small object holding a slice of many
+//! partitions, so a busy partition's history is spread over thousands of tiny slices (one
+//! index entry and one GET each). Compaction merges runs of a partition's small slices into
+//! one per-partition object of about `compaction_target_bytes`, with index entries of about
+//! `compaction_entry_bytes`, and swaps the index entries in one metadata transaction
+//! ([`MetadataStore::replace_entries`]) that is refused if the index changed underneath.
+//!
+//! Invariants:
+//! - Batches are copied byte for byte, in offset order, so readers see the same records at
+//!   the same offsets before, during and after: before the swap the old entries name the
+//!   old objects, after it the new entries name the new one, and the old objects stay until
+//!   garbage collection finds them unnamed for a grace period.
+//! - The leader of a partition compacts it (its lease is the claim through the metadata
+//!   store). Two agents compacting one partition during a lease handoff are harmless: the
+//!   second swap sees a change and its object is deleted unnamed.
+//! - New entries end where old ones ended and never span two lease epochs, so
+//!   OffsetForLeaderEpoch and retention (whole entries) answer as before.
+//! - A crash at any point leaves either the old entries (the new object is an orphan for
+//!   garbage collection) or the new ones (the old objects are garbage).
+//!
+//! A run of small entries is merged once it holds `compaction_target_bytes`, once a larger
+//! entry or an epoch change ends it (it cannot grow any more), or once its oldest entry was
+//! committed `compaction_window` ago; so a quiet partition still ends up with one object per
+//! window instead of one per flush, and a busy one with objects of the target size.
+//!
+//! [`MetadataStore::replace_entries`]: streamhouse_metadata::MetadataStore::replace_entries
+
+use std::time::Instant;
+
+use bytes::Bytes;
+use futures_util::{StreamExt, TryStreamExt};
+use streamhouse_metadata::{IndexEntry, ObjectRecord, StoredEntry, Swap, TopicPartition};
+use streamhouse_storage::batch;
+use streamhouse_storage::ObjectBuilder;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::agent::{error_chain, every, now_ms, Agent};
+use crate::error::AgentError;
+use crate::stats;
+
+/// Index entries looked up at a time while planning.
+const ENTRIES_PER_LOOKUP: usize = 1000;
+/// Most entries one swap replaces (keeps each swap transaction short).
+const MAX_RUN_ENTRIES: usize = 20_000;
+/// Slices read at once while merging.
+const READ_CONCURRENCY: usize = 16;
+
+/// What one compaction pass did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CompactionStats {
+    /// Objects written and swapped in.
+    pub objects: usize,
+    /// Index entries replaced…
+    pub entries_in: usize,
+    /// …by this many.
+    pub entries_out: usize,
+    /// Record batch bytes merged.
+    pub bytes: u64,
+    /// Runs whose swap found the index changed (their objects were deleted).
+    pub conflicts: usize,
+}
+
+impl CompactionStats {
+    fn add(&mut self, other: CompactionStats) {
+        self.objects += other.objects;
+        self.entries_in += other.entries_in;
+        self.entries_out += other.entries_out;
+        self.bytes += other.bytes;
+        self.conflicts += other.conflicts;
+    }
+}
+
+/// A run of consecutive small entries of one partition, under one epoch.
+#[derive(Debug, Default)]
+struct Run {
+    entries: Vec<StoredEntry>,
+    bytes: u64,
+}
+
+impl Run {
+    fn can_take(&self, e: &StoredEntry, target: u64) -> bool {
+        match self.entries.last() {
+            None => true,
+            Some(last) => {
+                last.leader_epoch == e.leader_epoch
+                    && last.entry.end_offset == e.entry.base_offset
+                    && self.bytes + e.entry.byte_len <= target
+                    && self.entries.len() < MAX_RUN_ENTRIES
+            }
+        }
+    }
+
+    fn push(&mut self, e: StoredEntry) {
+        self.bytes += e.entry.byte_len;
+        self.entries.push(e);
+    }
+
+    fn oldest_commit_ms(&self) -> i64 {
+        self.entries
+            .iter()
+            .map(|e| e.committed_at_ms)
+            .min()
+            .unwrap_or(i64::MAX)
+    }
+}
+
+impl Agent {
+    /// One compaction pass over every partition this agent leads.
+    pub async fn compact(&self) -> Result<CompactionStats, AgentError> {
+        let led: Vec<TopicPartition> = self
+            .lock()
+            .led
+            .iter()
+            .filter(|(_, led)| !led.draining)
+            .map(|(tp, _)| tp.clone())
+            .collect();
+        let mut total = CompactionStats::default();
+        for tp in led {
+            total.add(self.compact_partition(&tp).await?);
+        }
+        Ok(total)
+    }
+
+    /// Compacts one partition: finds its runs of small entries and merges the ripe ones.
+    pub async fn compact_partition(
+        &self,
+        tp: &TopicPartition,
+    ) -> Result<CompactionStats, AgentError> {
+        let target = u64::try_from(self.config.compaction_target_bytes).unwrap_or(u64::MAX);
+        let small = u64::try_from(self.config.compaction_entry_bytes).unwrap_or(u64::MAX);
+        let window_ms =
+            i64::try_from(self.config.compaction_window.as_millis()).unwrap_or(i64::MAX);
+        let (_, log_start_offset) = self.partition_offsets(tp).await?;
+        let mut stats = CompactionStats::default();
+        let mut run = Run::default();
+        let mut position = log_start_offset;
+        loop {
+            let entries = self
+                .metadata
+                .find_stored_entries(tp, position, ENTRIES_PER_LOOKUP)
+                .await?;
+            let Some(last) = entries.last() else { break };
+            position = last.entry.end_offset;
+            for e in entries {
+                if !run.can_take(&e, target) || e.entry.byte_len >= small {
+                    // The run cannot grow any more: merge it if it is worth a swap.
+                    let full = std::mem::take(&mut run);
+                    if full.entries.len() > 1 {
+                        stats.add(self.merge_run(tp, full).await?);
+                    }
+                }
+                if e.entry.byte_len < small {
+                    run.push(e);
+                }
+            }
+        }
+        // The run at the end of the log may still grow: merge it only once it is old enough.
+        if run.entries.len() > 1 && now_ms().saturating_sub(run.oldest_commit_ms()) >= window_ms {
+            stats.add(self.merge_run(tp, run).await?);
+        }
+        Ok(stats)
+    }
+
+    /// Writes one run's batches into one new object and swaps the run's entries for the
+    /// new object's.
+    async fn merge_run(
+        &self,
+        tp: &TopicPartition,
+        run: Run,
+    ) -> Result<CompactionStats, AgentError> {
+        let started = Instant::now();
+        let storage = self.storage();
+        // Owned futures: a stream of closures borrowing the run trips the compiler's
+        // higher-ranked lifetime check once the caller is spawned.
+        let reads: Vec<_> = run
+            .entries
+            .iter()
+            .map(|s| {
+                let storage = storage.clone();
+                let key = s.entry.object_key.clone();
+                let range = s.entry.byte_start..s.entry.byte_start + s.entry.byte_len;
+                async move { storage.read_range(&key, range).await }
+            })
+            .collect();
+        let slices: Vec<Bytes> = futures_util::stream::iter(reads)
+            .buffered(READ_CONCURRENCY)
+            .try_collect()
+            .await?;
+        for (s, slice) in run.entries.iter().zip(&slices) {
+            check_slice(&s.entry, slice)?;
+        }
+
+        // New entries of about `compaction_entry_bytes`, ending where old ones ended.
+        let entry_bytes = u64::try_from(self.config.compaction_entry_bytes).unwrap_or(u64::MAX);
+        let mut builder = ObjectBuilder::with_capacity(usize::try_from(run.bytes).unwrap_or(0));
+        let mut groups: Vec<(usize, usize)> = Vec::new();
+        let mut start = 0;
+        let mut bytes = 0;
+        for (i, s) in run.entries.iter().enumerate() {
+            bytes += s.entry.byte_len;
+            if bytes >= entry_bytes || i + 1 == run.entries.len() {
+                groups.push((start, i + 1));
+                start = i + 1;
+                bytes = 0;
+            }
+        }
+        for (from, to) in &groups {
+            let covered = &run.entries[*from..*to];
+            let max_timestamp = covered
+                .iter()
+                .map(|s| s.entry.max_timestamp)
+                .max()
+                .unwrap_or(i64::MIN);
+            builder.add_chunk(
+                tp.clone(),
+                covered[0].entry.base_offset,
+                covered[covered.len() - 1].entry.end_offset,
+                max_timestamp,
+                slices[*from..*to].iter().map(|b| &b[..]),
+            );
+        }
+        let key = self.new_object_key();
+        let (object, chunks) = builder.finish();
+        let size = object.len() as u64;
+        let epoch = run.entries[0].leader_epoch;
+        let new: Vec<StoredEntry> = chunks
+            .iter()
+            .map(|c| StoredEntry {
+                entry: IndexEntry {
+                    tp: tp.clone(),
+                    base_offset: c.base_offset,
+                    end_offset: c.end_offset,
+                    object_key: key.clone(),
+                    byte_start: c.byte_start,
+                    byte_len: c.byte_len,
+                    max_timestamp: c.max_timestamp,
+                },
+                leader_epoch: epoch,
+                committed_at_ms: 0,
+            })
+            .collect();
+        let old: Vec<IndexEntry> = run.entries.into_iter().map(|s| s.entry).collect();
+
+        crate::failpoints::crash_point("compaction-before-put");
+        storage.put_new_uncached(&key, object).await?;
+        crate::failpoints::crash_point("compaction-after-put");
+        let record = ObjectRecord {
+            key: key.clone(),
+            size_bytes: size,
+            writer: self.config.agent_id.clone(),
+        };
+        // An error here leaves the swap's outcome unknown: the object stays for garbage
+        // collection, which deletes it only if no commit recorded it.
+        let swap = self.metadata.replace_entries(&record, &old, &new).await?;
+        crate::failpoints::crash_point("compaction-after-swap");
+        let merged = run.bytes;
+        match swap {
+            Swap::Replaced => {
+                stats::compaction_done(merged, started.elapsed());
+                debug!(%tp, object = %key, entries_in = old.len(), entries_out = new.len(),
+                       bytes = merged, elapsed = ?started.elapsed(), "compacted");
+                Ok(CompactionStats {
+                    objects: 1,
+                    entries_in: old.len(),
+                    entries_out: new.len(),
+                    bytes: merged,
+                    conflicts: 0,
+                })
+            }
+            Swap::Changed => {
+                info!(%tp, object = %key, "the index changed under a compaction; its object is deleted");
+                // Never recorded: no reader can know its key.
+                if let Err(e) = storage.delete(&key).await {
+                    warn!(object = %key, error = %error_chain(&e), "cannot delete an unused compaction object; garbage collection will");
+                }
+                Ok(CompactionStats {
+                    conflicts: 1,
+                    ..CompactionStats::default()
+                })
+            }
+        }
+    }
+
+    /// Runs a compaction pass every `compaction_interval` until `shutdown` (never if the
+    /// interval is zero).
+    pub(crate) async fn compaction_loop(&self, shutdown: &CancellationToken) {
+        every(self.config.compaction_interval, shutdown, || async {
+            match self.compact().await {
+                Ok(done) if done.objects > 0 => {
+                    info!(objects = done.objects, entries_in = done.entries_in,
+                          entries_out = done.entries_out, bytes = done.bytes, "compaction pass done")
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    warn!(error = %error_chain(&e), "compaction pass failed; retrying at the next one")
+                }
+            }
+        })
+        .await;
+    }
+}
+
+/// Checks that a slice read back holds whole batches covering exactly its entry's offsets,
+/// before its bytes are copied anywhere.
+fn check_slice(entry: &IndexEntry, slice: &[u8]) -> Result<(), AgentError> {
+    let spans = batch::walk(slice);
+    let whole = spans.last().map(|s| s.range.end) == Some(slice.len());
+    let first = spans.first().map(|s| s.header.base_offset);
+    let last = spans.last().map(|s| s.header.last_offset());
+    let in_range = first.is_some_and(|f| f >= entry.base_offset.0)
+        && last.is_some_and(|l| l < entry.end_offset.0);
+    if whole && in_range {
+        return Ok(());
+    }
+    Err(AgentError::CorruptData {
+        reason: format!(
+            "the slice [{}, {}) of {} in {} does not hold whole batches of those offsets",
+            entry.base_offset, entry.end_offset, entry.tp, entry.object_key
+        ),
+    })
+}
+
+impl Agent {
+    /// A key for a new object that no other writer can pick.
+    pub(crate) fn new_object_key(&self) -> String {
+        format!(
+            "data/{}/{:013}-{}.sho",
+            self.config.agent_id,
+            now_ms(),
+            uuid::Uuid::new_v4().simple()
+        )
+    }
+}

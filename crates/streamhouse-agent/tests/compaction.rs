@@ -1,0 +1,494 @@
+//! Object compaction and garbage collection on a real agent (SQLite + objects in a local
+//! directory, no cache, so every read of an object is a counted GET): compaction merges
+//! small slices into per-partition objects without changing a byte any reader sees, garbage
+//! collection deletes what no index entry names (after retention, compaction or a topic
+//! deletion) and orphans no commit named, and any interleaving of produce, flush,
+//! compaction, retention, garbage collection and fetch keeps every record that retention has
+//! not removed at its offset.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use kafka_protocol::records::RecordBatchDecoder;
+use proptest::prelude::*;
+use streamhouse_agent::{Agent, AgentConfig};
+use streamhouse_metadata::{Offset, TopicPartition};
+use streamhouse_storage::ObjectStorage;
+
+struct Setup {
+    dir: tempfile::TempDir,
+}
+
+impl Setup {
+    fn new() -> Setup {
+        Setup {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    /// An agent on this setup's store and directory, compaction and GC run by hand.
+    async fn agent(&self, tune: impl FnOnce(&mut AgentConfig)) -> Arc<Agent> {
+        let url = format!("sqlite://{}/metadata.db", self.dir.path().display());
+        let metadata = streamhouse_metadata::open(&url).await.unwrap();
+        let objects = format!("file://{}/objects", self.dir.path().display());
+        let storage = ObjectStorage::open(&objects, 0).unwrap();
+        let mut config = AgentConfig::for_tests("a", "127.0.0.1:9092");
+        config.compaction_window = Duration::ZERO;
+        config.gc_grace = Duration::ZERO;
+        config.orphan_grace = Duration::from_secs(3600);
+        tune(&mut config);
+        Agent::start(config, metadata, storage).await.unwrap()
+    }
+}
+
+/// Objects in the object store.
+async fn object_count(agent: &Agent) -> usize {
+    agent.storage().list("data").await.unwrap().len()
+}
+
+/// Index entries of `tp`.
+async fn entry_count(agent: &Agent, tp: &TopicPartition) -> usize {
+    agent
+        .metadata()
+        .find_entries(tp, Offset(0), 1_000_000)
+        .await
+        .unwrap()
+        .len()
+}
+
+fn gets(agent: &Agent) -> u64 {
+    agent.storage().stats().gets.load(Ordering::Relaxed)
+}
+
+/// Reads `tp` from `from` to its high watermark, 1 MiB per read as a consumer would; returns
+/// the bytes of every batch read, in order.
+async fn read_bytes(agent: &Agent, tp: &TopicPartition, from: Offset) -> Vec<Bytes> {
+    let mut out = Vec::new();
+    let mut next = from;
+    loop {
+        let read = agent.read(tp, next, 1 << 20, true).await.unwrap();
+        if read.records.is_empty() {
+            assert_eq!(next, read.high_watermark, "read stopped short");
+            return out;
+        }
+        let last = read
+            .records
+            .iter()
+            .flat_map(|b| streamhouse_storage::batch::walk(b))
+            .map(|s| s.header.last_offset())
+            .max()
+            .unwrap();
+        next = Offset(last + 1);
+        out.extend(read.records);
+    }
+}
+
+/// Every record (offset, value) in fetched bytes, from `from` on.
+fn decode(parts: &[Bytes], from: Offset) -> Vec<(i64, Vec<u8>)> {
+    let mut out = Vec::new();
+    for part in parts {
+        let mut buf = part.clone();
+        for set in RecordBatchDecoder::decode_all(&mut buf).unwrap() {
+            for r in set.records {
+                if r.offset >= from.0 {
+                    out.push((r.offset, r.value.unwrap().to_vec()));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Appends one batch of `values` to `tp` (not flushed); resolves to its base offset.
+async fn append(
+    agent: &Agent,
+    tp: &TopicPartition,
+    values: &[Vec<u8>],
+) -> tokio::sync::oneshot::Receiver<
+    Result<streamhouse_agent::Appended, streamhouse_agent::AgentError>,
+> {
+    let records: Vec<(Option<&[u8]>, &[u8])> = values.iter().map(|v| (None, &v[..])).collect();
+    let batch = streamhouse_testing::record_batch(&records, 1_700_000_000_000);
+    agent.append(tp, batch).await.unwrap()
+}
+
+#[tokio::test]
+async fn compaction_cuts_objects_entries_and_gets_twentyfold_without_changing_a_byte() {
+    let setup = Setup::new();
+    let agent = setup.agent(|_| {}).await;
+    agent
+        .create_topic("small", 2, &BTreeMap::new())
+        .await
+        .unwrap();
+    let tps = [
+        TopicPartition::new("small", 0),
+        TopicPartition::new("small", 1),
+    ];
+    // 100,000 records of ~40 bytes, 25 per batch, one flush per batch pair: every flush
+    // object holds a slice of both partitions.
+    let mut n = 0;
+    while n < 100_000 {
+        let mut waiting = Vec::new();
+        for tp in &tps {
+            let values: Vec<Vec<u8>> = (0..25)
+                .map(|i| format!("record-{:08}", n + i).into_bytes())
+                .collect();
+            waiting.push(append(&agent, tp, &values).await);
+            n += 25;
+        }
+        agent.flush().await;
+        for w in waiting {
+            w.await.unwrap().unwrap();
+        }
+    }
+    let objects_before = object_count(&agent).await;
+    assert_eq!(objects_before, 2000);
+    let mut before = Vec::new();
+    for tp in &tps {
+        assert_eq!(entry_count(&agent, tp).await, 2000);
+        let start = gets(&agent);
+        let bytes = read_bytes(&agent, tp, Offset(0)).await;
+        let read_gets = gets(&agent) - start;
+        assert!(read_gets >= 2000, "{read_gets} GETs for 2000 entries");
+        before.push((bytes, read_gets));
+    }
+
+    let done = agent.compact().await.unwrap();
+    assert_eq!(done.entries_in, 4000, "{done:?}");
+    assert_eq!(done.conflicts, 0);
+    // Nothing is deleted before garbage collection, and reads see the same bytes.
+    assert_eq!(object_count(&agent).await, objects_before + done.objects);
+    let gc = agent.collect_garbage().await.unwrap();
+    assert!(gc.ran);
+    assert_eq!(gc.unreferenced_deleted, 2000, "{gc:?}");
+    let objects_after = object_count(&agent).await;
+    assert!(
+        objects_after * 20 <= objects_before,
+        "{objects_before} objects became {objects_after}"
+    );
+    for (tp, (bytes_before, gets_before)) in tps.iter().zip(before) {
+        let entries = entry_count(&agent, tp).await;
+        assert!(entries * 20 <= 2000, "{tp}: 2000 entries became {entries}");
+        let start = gets(&agent);
+        let bytes = read_bytes(&agent, tp, Offset(0)).await;
+        let gets_after = gets(&agent) - start;
+        assert!(
+            gets_after * 20 <= gets_before,
+            "{tp}: a full read took {gets_before} GETs before, {gets_after} after"
+        );
+        assert_eq!(
+            bytes.concat(),
+            bytes_before.concat(),
+            "{tp}: the bytes read changed"
+        );
+        let records = decode(&bytes, Offset(0));
+        assert_eq!(records.len(), 50_000);
+        assert!(records.iter().enumerate().all(|(i, (o, _))| *o == i as i64));
+    }
+    // A second pass finds nothing worth merging.
+    assert_eq!(agent.compact().await.unwrap().objects, 0);
+}
+
+#[tokio::test]
+async fn young_short_runs_wait_for_the_window_and_large_entries_stay() {
+    let setup = Setup::new();
+    let agent = setup
+        .agent(|c| {
+            c.compaction_window = Duration::from_secs(3600);
+            c.compaction_entry_bytes = 4096;
+            c.compaction_target_bytes = 64 << 10;
+        })
+        .await;
+    agent.create_topic("w", 1, &BTreeMap::new()).await.unwrap();
+    let tp = TopicPartition::new("w", 0);
+    let small: Vec<Vec<u8>> = vec![b"x".repeat(100)];
+    let large: Vec<Vec<u8>> = vec![b"y".repeat(5000)];
+    for values in [&small, &small, &small, &large, &small, &small] {
+        let done = append(&agent, &tp, values).await;
+        agent.flush().await;
+        done.await.unwrap().unwrap();
+    }
+    // The three small entries before the large one can never grow: merged now. The two at
+    // the end are younger than the window: left alone; the large one too.
+    let done = agent.compact().await.unwrap();
+    assert_eq!(
+        (done.objects, done.entries_in, done.entries_out),
+        (1, 3, 1),
+        "{done:?}"
+    );
+    assert_eq!(entry_count(&agent, &tp).await, 4);
+    assert_eq!(agent.compact().await.unwrap().objects, 0);
+
+    // Many small entries fill the target size: merged although young.
+    for _ in 0..700 {
+        let done = append(&agent, &tp, &small).await;
+        agent.flush().await;
+        done.await.unwrap().unwrap();
+    }
+    let done = agent.compact().await.unwrap();
+    assert!(done.objects >= 1, "{done:?}");
+    let before = decode(&read_bytes(&agent, &tp, Offset(0)).await, Offset(0));
+    assert_eq!(before.len(), 706);
+    assert!(before.iter().enumerate().all(|(i, (o, _))| *o == i as i64));
+}
+
+#[tokio::test]
+async fn garbage_collection_deletes_what_retention_and_topic_deletion_unname() {
+    let setup = Setup::new();
+    let agent = setup.agent(|_| {}).await;
+    agent.create_topic("r", 1, &BTreeMap::new()).await.unwrap();
+    agent
+        .create_topic("gone", 1, &BTreeMap::new())
+        .await
+        .unwrap();
+    let tp = TopicPartition::new("r", 0);
+    let gone = TopicPartition::new("gone", 0);
+    for i in 0..10 {
+        let a = append(&agent, &tp, &[format!("r{i}").into_bytes()]).await;
+        let b = append(&agent, &gone, &[format!("g{i}").into_bytes()]).await;
+        agent.flush().await;
+        a.await.unwrap().unwrap();
+        b.await.unwrap().unwrap();
+    }
+    assert_eq!(object_count(&agent).await, 10);
+    // Shared objects stay while either partition still names them.
+    agent.delete_records(&tp, 6).await.unwrap();
+    assert_eq!(entry_count(&agent, &tp).await, 4);
+    assert_eq!(
+        agent.collect_garbage().await.unwrap().unreferenced_deleted,
+        0
+    );
+    agent.delete_topic("gone").await.unwrap();
+    assert_eq!(
+        agent.collect_garbage().await.unwrap().unreferenced_deleted,
+        6
+    );
+    assert_eq!(object_count(&agent).await, 4);
+    let left = decode(&read_bytes(&agent, &tp, Offset(6)).await, Offset(6));
+    let values: Vec<Vec<u8>> = left.into_iter().map(|(_, v)| v).collect();
+    assert_eq!(
+        values,
+        vec![
+            b"r6".to_vec(),
+            b"r7".to_vec(),
+            b"r8".to_vec(),
+            b"r9".to_vec()
+        ]
+    );
+}
+
+#[tokio::test]
+async fn orphans_are_deleted_after_their_grace_and_committed_objects_never() {
+    let setup = Setup::new();
+    let agent = setup
+        .agent(|c| c.orphan_grace = Duration::from_millis(200))
+        .await;
+    agent.create_topic("o", 1, &BTreeMap::new()).await.unwrap();
+    let tp = TopicPartition::new("o", 0);
+    let done = append(&agent, &tp, &[b"kept".to_vec()]).await;
+    agent.flush().await;
+    done.await.unwrap().unwrap();
+    // What a flush whose commit never happened leaves behind.
+    let orphan = "data/dead-agent/0000000000001-abc.sho";
+    agent
+        .storage()
+        .put_new(orphan, Bytes::from_static(b"never committed"))
+        .await
+        .unwrap();
+    assert_eq!(
+        agent.collect_garbage().await.unwrap().orphans_deleted,
+        0,
+        "too young"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let gc = agent.collect_garbage().await.unwrap();
+    assert_eq!(gc.orphans_deleted, 1, "{gc:?}");
+    assert_eq!(object_count(&agent).await, 1);
+    // The late writer commits after all (as if it still held the lease): the tombstone
+    // refuses the whole commit, and nothing moves.
+    let epoch = streamhouse_metadata::LeaseEpoch(agent.leader_epoch(&tp).unwrap());
+    let late = agent
+        .metadata()
+        .commit(
+            &streamhouse_metadata::ObjectRecord {
+                key: orphan.into(),
+                size_bytes: 15,
+                writer: streamhouse_metadata::AgentId("a".into()),
+            },
+            &[streamhouse_metadata::PartitionCommit {
+                holder: streamhouse_metadata::AgentId("a".into()),
+                epoch,
+                expected_high_watermark: Offset(1),
+                entry: streamhouse_metadata::IndexEntry {
+                    tp: tp.clone(),
+                    base_offset: Offset(1),
+                    end_offset: Offset(2),
+                    object_key: orphan.into(),
+                    byte_start: 0,
+                    byte_len: 15,
+                    max_timestamp: 0,
+                },
+                producers: Vec::new(),
+            }],
+        )
+        .await;
+    assert!(late.is_err(), "{late:?}");
+    let stored = agent.metadata().get_partition(&tp).await.unwrap().unwrap();
+    assert_eq!(stored.high_watermark, Offset(1));
+    let kept = decode(&read_bytes(&agent, &tp, Offset(0)).await, Offset(0));
+    assert_eq!(kept, vec![(0, b"kept".to_vec())]);
+    assert_eq!(agent.collect_garbage().await.unwrap().orphans_deleted, 0);
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Produce {
+        partition: usize,
+        records: usize,
+    },
+    Flush,
+    Compact,
+    /// DeleteRecords at this fraction of the way from the log start to the high watermark.
+    Retain {
+        partition: usize,
+        fraction: f64,
+    },
+    Gc,
+    Fetch {
+        partition: usize,
+        fraction: f64,
+    },
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        4 => (0..2usize, 1..20usize).prop_map(|(partition, records)| Op::Produce { partition, records }),
+        3 => Just(Op::Flush),
+        2 => Just(Op::Compact),
+        1 => (0..2usize, 0.0..1.0f64).prop_map(|(partition, fraction)| Op::Retain { partition, fraction }),
+        2 => Just(Op::Gc),
+        2 => (0..2usize, 0.0..1.0f64).prop_map(|(partition, fraction)| Op::Fetch { partition, fraction }),
+    ]
+}
+
+/// What the test expects of one partition.
+#[derive(Debug, Default)]
+struct Model {
+    /// Every acknowledged record, by offset.
+    values: Vec<Vec<u8>>,
+    log_start: i64,
+    high_watermark: i64,
+}
+
+async fn run_ops(ops: Vec<Op>) -> Result<(), TestCaseError> {
+    let setup = Setup::new();
+    let agent = setup
+        .agent(|c| {
+            c.compaction_entry_bytes = 300;
+            c.compaction_target_bytes = 2000;
+        })
+        .await;
+    agent.create_topic("p", 2, &BTreeMap::new()).await.unwrap();
+    let tps = [TopicPartition::new("p", 0), TopicPartition::new("p", 1)];
+    let mut models = [Model::default(), Model::default()];
+    let mut pending: Vec<(usize, Vec<Vec<u8>>, _)> = Vec::new();
+    let mut counter = 0;
+    for op in ops {
+        match op {
+            Op::Produce { partition, records } => {
+                let values: Vec<Vec<u8>> = (0..records)
+                    .map(|_| {
+                        counter += 1;
+                        format!("v{counter}").into_bytes()
+                    })
+                    .collect();
+                let done = append(&agent, &tps[partition], &values).await;
+                pending.push((partition, values, done));
+            }
+            Op::Flush => {
+                agent.flush().await;
+                for (partition, values, done) in pending.drain(..) {
+                    let base = done.await.unwrap().unwrap().base_offset.0;
+                    let model = &mut models[partition];
+                    prop_assert_eq!(base, model.values.len() as i64);
+                    model.values.extend(values);
+                    model.high_watermark = model.values.len() as i64;
+                }
+            }
+            Op::Compact => {
+                agent.compact().await.unwrap();
+            }
+            Op::Gc => {
+                agent.collect_garbage().await.unwrap();
+            }
+            Op::Retain {
+                partition,
+                fraction,
+            } => {
+                let model = &mut models[partition];
+                let to = model.log_start
+                    + ((model.high_watermark - model.log_start) as f64 * fraction) as i64;
+                agent.delete_records(&tps[partition], to).await.unwrap();
+                model.log_start = model.log_start.max(to);
+            }
+            Op::Fetch {
+                partition,
+                fraction,
+            } => {
+                let model = &models[partition];
+                let from = model.log_start
+                    + ((model.high_watermark - model.log_start) as f64 * fraction) as i64;
+                check(&agent, &tps[partition], model, Offset(from)).await?;
+            }
+        }
+    }
+    agent.flush().await;
+    for (partition, values, done) in pending.drain(..) {
+        done.await.unwrap().unwrap();
+        models[partition].values.extend(values);
+        models[partition].high_watermark = models[partition].values.len() as i64;
+    }
+    agent.compact().await.unwrap();
+    agent.collect_garbage().await.unwrap();
+    for (tp, model) in tps.iter().zip(&models) {
+        check(&agent, tp, model, Offset(model.log_start)).await?;
+    }
+    Ok(())
+}
+
+/// The partition's offsets are the model's, and it reads from `from` as exactly the model's
+/// records at their offsets.
+async fn check(
+    agent: &Agent,
+    tp: &TopicPartition,
+    model: &Model,
+    from: Offset,
+) -> Result<(), TestCaseError> {
+    let (high_watermark, log_start) = agent.partition_offsets(tp).await.unwrap();
+    prop_assert_eq!(
+        high_watermark.0,
+        model.high_watermark,
+        "high watermark of {}",
+        tp
+    );
+    prop_assert_eq!(log_start.0, model.log_start, "log start of {}", tp);
+    let read = decode(&read_bytes(agent, tp, from).await, from);
+    let expected: Vec<(i64, Vec<u8>)> = (from.0..model.high_watermark)
+        .map(|o| (o, model.values[o as usize].clone()))
+        .collect();
+    prop_assert_eq!(read, expected, "records of {} from {}", tp, from);
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    #[test]
+    fn any_interleaving_keeps_every_retained_record_at_its_offset(ops in prop::collection::vec(op(), 1..60)) {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        runtime.block_on(run_ops(ops))?;
+    }
+}
