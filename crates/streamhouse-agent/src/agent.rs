@@ -205,6 +205,8 @@ pub struct Agent {
     pub(crate) ready: AtomicBool,
     /// Produce and fetch totals since start (see [`Agent::throughput`]).
     pub(crate) throughput: Throughput,
+    /// What compaction did since start, and the time its runs took.
+    pub(crate) compacted: Mutex<(crate::compaction::CompactionStats, Duration)>,
 }
 
 impl std::fmt::Debug for Agent {
@@ -274,6 +276,7 @@ impl Agent {
             rebalance_wanted: Notify::new(),
             ready: AtomicBool::new(false),
             throughput: Throughput::default(),
+            compacted: Mutex::default(),
         });
         Ok(agent)
     }

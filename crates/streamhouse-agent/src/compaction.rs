@@ -25,7 +25,7 @@
 //!
 //! [`MetadataStore::replace_entries`]: streamhouse_metadata::MetadataStore::replace_entries
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::{StreamExt, TryStreamExt};
@@ -106,6 +106,12 @@ impl Run {
 }
 
 impl Agent {
+    /// What compaction swapped in since the agent started, and the time those runs took
+    /// (reading, writing and swapping).
+    pub fn compaction_totals(&self) -> (CompactionStats, Duration) {
+        *self.compacted.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// One compaction pass over every partition this agent leads.
     pub async fn compact(&self) -> Result<CompactionStats, AgentError> {
         let led: Vec<TopicPartition> = self
@@ -257,16 +263,21 @@ impl Agent {
         let merged = run.bytes;
         match swap {
             Swap::Replaced => {
-                stats::compaction_done(merged, started.elapsed());
+                let elapsed = started.elapsed();
+                stats::compaction_done(merged, elapsed);
                 debug!(%tp, object = %key, entries_in = old.len(), entries_out = new.len(),
-                       bytes = merged, elapsed = ?started.elapsed(), "compacted");
-                Ok(CompactionStats {
+                       bytes = merged, ?elapsed, "compacted");
+                let done = CompactionStats {
                     objects: 1,
                     entries_in: old.len(),
                     entries_out: new.len(),
                     bytes: merged,
                     conflicts: 0,
-                })
+                };
+                let mut totals = self.compacted.lock().unwrap_or_else(|e| e.into_inner());
+                totals.0.add(done);
+                totals.1 += elapsed;
+                Ok(done)
             }
             Swap::Changed => {
                 info!(%tp, object = %key, "the index changed under a compaction; its object is deleted");

@@ -69,6 +69,7 @@ impl Agent {
             let deleted = self.delete_objects(&due).await;
             crate::failpoints::crash_point("gc-after-delete");
             self.metadata.forget_objects(&deleted).await?;
+            crate::stats::gc_deleted("unreferenced", deleted.len());
             stats.unreferenced_deleted += deleted.len();
             if due.len() < BATCH || deleted.len() < due.len() {
                 break;
@@ -96,6 +97,7 @@ impl Agent {
             if !deleted.is_empty() {
                 info!(orphans = deleted.len(), "deleted objects no commit named");
             }
+            crate::stats::gc_deleted("orphan", deleted.len());
             stats.orphans_deleted += deleted.len();
         }
         Ok(stats)

@@ -29,6 +29,7 @@ pub(crate) const FLUSH_FAILURES: &str = "streamhouse_flush_failures_total";
 pub(crate) const COMMIT_DURATION: &str = "streamhouse_metadata_commit_duration_seconds";
 pub(crate) const COMPACTION_BYTES: &str = "streamhouse_compaction_bytes_total";
 pub(crate) const COMPACTION_DURATION: &str = "streamhouse_compaction_duration_seconds";
+pub(crate) const GC_DELETED: &str = "streamhouse_gc_objects_deleted_total";
 
 /// Totals since the agent started, for rate computation.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -116,9 +117,19 @@ pub(crate) fn compaction_done(bytes: u64, elapsed: Duration) {
     histogram!(COMPACTION_DURATION).record(elapsed.as_secs_f64());
 }
 
+/// Objects garbage collection deleted: `kind` is `unreferenced` or `orphan`.
+pub(crate) fn gc_deleted(kind: &'static str, objects: usize) {
+    counter!(GC_DELETED, "kind" => kind).increment(u64::try_from(objects).unwrap_or(u64::MAX));
+}
+
 /// Gives the agent's metrics their help text and units. Call once at start, after the
 /// `metrics` recorder is installed (a recorder installed later does not see it).
 pub fn describe_metrics() {
+    describe_counter!(
+        GC_DELETED,
+        Unit::Count,
+        "Objects deleted by garbage collection: kind=unreferenced (no index entry names them) or orphan (no commit named them)."
+    );
     describe_counter!(
         COMPACTION_BYTES,
         Unit::Bytes,

@@ -105,6 +105,13 @@ pub(crate) struct BenchArgs {
         default_value_t = 30_000
     )]
     compaction_interval_ms: u64,
+    /// Embedded server: compaction window (0: merge short runs at once).
+    #[arg(
+        long,
+        env = "STREAMHOUSE_BENCH_COMPACTION_WINDOW_MS",
+        default_value_t = 600_000
+    )]
+    compaction_window_ms: u64,
     /// Embedded server: data dir [default: a new temporary directory].
     #[arg(long, env = "STREAMHOUSE_BENCH_DATA_DIR")]
     data_dir: Option<PathBuf>,
@@ -202,7 +209,7 @@ pub(crate) async fn bench(args: BenchArgs) -> anyhow::Result<()> {
             retention_check_interval_ms: 300_000,
             compaction_interval_ms: args.compaction_interval_ms,
             compaction_target_bytes: 64 << 20,
-            compaction_window_ms: 600_000,
+            compaction_window_ms: args.compaction_window_ms,
             compaction_entry_bytes: 1 << 20,
             gc_interval_ms: 60_000,
             gc_grace_ms: 60_000,
@@ -213,6 +220,8 @@ pub(crate) async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         let server = serve::start(&serve_args(1 << 30), CancellationToken::new()).await?;
         config.bootstrap = server.kafka_addr.to_string();
         config.http = server.http_addr.to_string();
+        let samples: std::sync::Arc<std::sync::Mutex<Vec<(u64, usize)>>> = Default::default();
+        let sampler = tokio::spawn(sample_object_count(server.agent.clone(), samples.clone()));
         if args.workload == Workload::RestProduce {
             run_rest_produce(&config, &mut reports, &mut notes).await?;
         }
@@ -238,6 +247,18 @@ pub(crate) async fn bench(args: BenchArgs) -> anyhow::Result<()> {
             ));
         }
         run_group_workloads(args.workload, &config, &mut reports, &mut notes).await?;
+        sampler.abort();
+        let samples = samples.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if !samples.is_empty() {
+            let list: Vec<String> = samples.iter().map(|(t, n)| format!("{t}s:{n}")).collect();
+            notes.push(format!(
+                "objects in the store every 10 s: {}",
+                list.join(" ")
+            ));
+        }
+        if args.compaction_interval_ms > 0 {
+            compaction_notes(&server.agent, &mut notes).await?;
+        }
         server.stop().await?;
 
         // Phase 2: a fresh server with no cache reads everything with ranged GETs.
@@ -272,6 +293,56 @@ pub(crate) async fn bench(args: BenchArgs) -> anyhow::Result<()> {
     if reports.iter().any(|(_, r)| r.offset_errors > 0) {
         anyhow::bail!("offset errors were seen: offsets were not contiguous");
     }
+    Ok(())
+}
+
+/// Counts the objects in the store every 10 s into `samples` (seconds since start, count).
+async fn sample_object_count(
+    agent: std::sync::Arc<streamhouse_agent::Agent>,
+    samples: std::sync::Arc<std::sync::Mutex<Vec<(u64, usize)>>>,
+) {
+    let started = std::time::Instant::now();
+    loop {
+        tokio::time::sleep(std::time::Duration::from_secs(10)).await;
+        if let Ok(objects) = agent.storage().list("data").await {
+            samples
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push((started.elapsed().as_secs(), objects.len()));
+        }
+    }
+}
+
+/// What compaction did in the background, then one more pass run now (timed: compaction
+/// throughput), and the objects left.
+async fn compaction_notes(
+    agent: &streamhouse_agent::Agent,
+    notes: &mut Vec<String>,
+) -> anyhow::Result<()> {
+    let (background, busy) = agent.compaction_totals();
+    notes.push(format!(
+        "background compaction: {} objects written from {} index entries ({} entries out), {:.1} MiB merged in {:.2} s of compaction work = {:.1} MiB/s",
+        background.objects,
+        background.entries_in,
+        background.entries_out,
+        background.bytes as f64 / 1048576.0,
+        busy.as_secs_f64(),
+        background.bytes as f64 / 1048576.0 / busy.as_secs_f64().max(1e-9)
+    ));
+    let started = std::time::Instant::now();
+    let done = agent.compact().await?;
+    let elapsed = started.elapsed().as_secs_f64();
+    let objects = agent.storage().list("data").await?.len();
+    notes.push(format!(
+        "final compaction pass: {} objects written from {} index entries ({} entries out), {:.1} MiB in {:.2} s = {:.1} MiB/s; {objects} objects in the store after it (unnamed ones wait {} ms for garbage collection)",
+        done.objects,
+        done.entries_in,
+        done.entries_out,
+        done.bytes as f64 / 1048576.0,
+        elapsed,
+        done.bytes as f64 / 1048576.0 / elapsed.max(1e-9),
+        agent.config().gc_grace.as_millis()
+    ));
     Ok(())
 }
 

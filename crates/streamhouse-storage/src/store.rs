@@ -32,7 +32,7 @@ pub fn describe_metrics() {
     describe_counter!(
         REQUESTS,
         Unit::Count,
-        "Object store requests, by op (put, get), failed ones included."
+        "Object store requests, by op (put, get, delete, list), failed ones included."
     );
     describe_counter!(
         BYTES,
