@@ -67,7 +67,7 @@ impl AgentConfig {
             compaction_interval: Duration::ZERO,
             compaction_target_bytes: 64 << 20,
             compaction_window: Duration::from_secs(600),
-            compaction_entry_bytes: 1 << 20,
+            compaction_entry_bytes: 256 << 10,
             gc_interval: Duration::ZERO,
             gc_grace: Duration::from_secs(60),
             orphan_grace: Duration::from_secs(600),

@@ -52,7 +52,10 @@ impl Agent {
             if entries.is_empty() {
                 break;
             }
-            for entry in entries {
+            // The last GET's bytes: (object, where they start in it, bytes). Entries stored
+            // one after another in one object (compacted ones) come with one GET.
+            let mut fetched: Option<(&str, u64, Bytes)> = None;
+            for (i, entry) in entries.iter().enumerate() {
                 // Only what the high watermark we report covers (a commit may land meanwhile).
                 if entry.base_offset >= high_watermark {
                     break 'entries;
@@ -72,16 +75,52 @@ impl Agent {
                     }
                     break 'entries;
                 }
-                let range = entry.byte_start..entry.byte_start + entry.byte_len;
-                let chunk = match self.storage().read_range(&entry.object_key, range).await {
-                    Ok(chunk) => chunk,
-                    // Compaction replaced the entry and garbage collection deleted its old
-                    // object after the lookup: look the entries up again.
-                    Err(StorageError::NotFound { .. }) if lookups_left > 0 => {
-                        lookups_left -= 1;
-                        continue 'entries;
+                let end_byte = entry.byte_start + entry.byte_len;
+                let held = fetched.as_ref().and_then(|(key, at, bytes)| {
+                    let inside = *key == entry.object_key
+                        && *at <= entry.byte_start
+                        && end_byte <= at + bytes.len() as u64;
+                    if !inside {
+                        return None;
                     }
-                    Err(e) => return Err(e.into()),
+                    let from = usize::try_from(entry.byte_start - at).ok()?;
+                    let to = usize::try_from(end_byte - at).ok()?;
+                    Some(bytes.slice(from..to))
+                });
+                let chunk = match held {
+                    Some(chunk) => chunk,
+                    None => {
+                        // This entry and those right after it in the same object, up to
+                        // what the read may still return.
+                        let budget = u64::try_from(max_bytes.saturating_sub(size)).unwrap_or(0);
+                        let mut until = end_byte;
+                        for next in &entries[i + 1..] {
+                            if next.object_key != entry.object_key
+                                || next.byte_start != until
+                                || next.base_offset >= high_watermark
+                                || until - entry.byte_start >= budget
+                            {
+                                break;
+                            }
+                            until = next.byte_start + next.byte_len;
+                        }
+                        let range = entry.byte_start..until;
+                        match self.storage().read_range(&entry.object_key, range).await {
+                            Ok(bytes) => {
+                                let own = usize::try_from(entry.byte_len).unwrap_or(usize::MAX);
+                                let chunk = bytes.slice(..own.min(bytes.len()));
+                                fetched = Some((&entry.object_key, entry.byte_start, bytes));
+                                chunk
+                            }
+                            // Compaction replaced the entry and garbage collection deleted
+                            // its old object after the lookup: look the entries up again.
+                            Err(StorageError::NotFound { .. }) if lookups_left > 0 => {
+                                lookups_left -= 1;
+                                continue 'entries;
+                            }
+                            Err(e) => return Err(e.into()),
+                        }
+                    }
                 };
                 let Trimmed {
                     start,

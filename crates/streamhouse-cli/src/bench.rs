@@ -210,7 +210,7 @@ pub(crate) async fn bench(args: BenchArgs) -> anyhow::Result<()> {
             compaction_interval_ms: args.compaction_interval_ms,
             compaction_target_bytes: 64 << 20,
             compaction_window_ms: args.compaction_window_ms,
-            compaction_entry_bytes: 1 << 20,
+            compaction_entry_bytes: 256 << 10,
             gc_interval_ms: 60_000,
             gc_grace_ms: 60_000,
             orphan_grace_ms: 600_000,

@@ -125,7 +125,7 @@ pub(crate) struct ServeArgs {
     pub(crate) compaction_window_ms: u64,
     /// Size of the index entries compaction writes (a read fetches about this much to reach
     /// one record); smaller entries count as small slices.
-    #[arg(long, env = "STREAMHOUSE_COMPACTION_ENTRY_BYTES", default_value_t = 1024 * 1024)]
+    #[arg(long, env = "STREAMHOUSE_COMPACTION_ENTRY_BYTES", default_value_t = 256 * 1024)]
     pub(crate) compaction_entry_bytes: usize,
     /// How often garbage collection runs (on one agent of the cluster at a time; 0: never).
     #[arg(long, env = "STREAMHOUSE_GC_INTERVAL_MS", default_value_t = 60_000)]
