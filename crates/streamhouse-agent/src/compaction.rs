@@ -193,43 +193,23 @@ impl Agent {
             .buffered(READ_CONCURRENCY)
             .try_collect()
             .await?;
-        for (s, slice) in run.entries.iter().zip(&slices) {
-            check_slice(&s.entry, slice)?;
-        }
-
-        // New entries of about `compaction_entry_bytes`, ending where old ones ended.
+        // Checking and copying up to the target size of bytes is CPU work: off the runtime's
+        // workers, which serve produce and fetch requests meanwhile.
         let entry_bytes = u64::try_from(self.config.compaction_entry_bytes).unwrap_or(u64::MAX);
-        let mut builder = ObjectBuilder::with_capacity(usize::try_from(run.bytes).unwrap_or(0));
-        let mut groups: Vec<(usize, usize)> = Vec::new();
-        let mut start = 0;
-        let mut bytes = 0;
-        for (i, s) in run.entries.iter().enumerate() {
-            bytes += s.entry.byte_len;
-            if bytes >= entry_bytes || i + 1 == run.entries.len() {
-                groups.push((start, i + 1));
-                start = i + 1;
-                bytes = 0;
-            }
-        }
-        for (from, to) in &groups {
-            let covered = &run.entries[*from..*to];
-            let max_timestamp = covered
-                .iter()
-                .map(|s| s.entry.max_timestamp)
-                .max()
-                .unwrap_or(i64::MIN);
-            builder.add_chunk(
-                tp.clone(),
-                covered[0].entry.base_offset,
-                covered[covered.len() - 1].entry.end_offset,
-                max_timestamp,
-                slices[*from..*to].iter().map(|b| &b[..]),
-            );
-        }
+        let merged = run.bytes;
+        let owned_tp = tp.clone();
+        let entries = run.entries;
+        let (entries, builder) = tokio::task::spawn_blocking(move || {
+            build_object(&owned_tp, entries, &slices, entry_bytes)
+        })
+        .await
+        .map_err(|e| AgentError::CorruptData {
+            reason: format!("the compaction task failed: {e}"),
+        })??;
         let key = self.new_object_key();
         let (object, chunks) = builder.finish();
         let size = object.len() as u64;
-        let epoch = run.entries[0].leader_epoch;
+        let epoch = entries[0].leader_epoch;
         let new: Vec<StoredEntry> = chunks
             .iter()
             .map(|c| StoredEntry {
@@ -246,7 +226,7 @@ impl Agent {
                 committed_at_ms: 0,
             })
             .collect();
-        let old: Vec<IndexEntry> = run.entries.into_iter().map(|s| s.entry).collect();
+        let old: Vec<IndexEntry> = entries.into_iter().map(|s| s.entry).collect();
 
         crate::failpoints::crash_point("compaction-before-put");
         storage.put_new_uncached(&key, object).await?;
@@ -260,7 +240,6 @@ impl Agent {
         // collection, which deletes it only if no commit recorded it.
         let swap = self.metadata.replace_entries(&record, &old, &new).await?;
         crate::failpoints::crash_point("compaction-after-swap");
-        let merged = run.bytes;
         match swap {
             Swap::Replaced => {
                 let elapsed = started.elapsed();
@@ -310,6 +289,45 @@ impl Agent {
         })
         .await;
     }
+}
+
+/// Checks a run's slices and lays them out in one object, in chunks of about `entry_bytes`
+/// that end where old entries ended (each chunk becomes one index entry).
+fn build_object(
+    tp: &TopicPartition,
+    entries: Vec<StoredEntry>,
+    slices: &[Bytes],
+    entry_bytes: u64,
+) -> Result<(Vec<StoredEntry>, ObjectBuilder), AgentError> {
+    for (s, slice) in entries.iter().zip(slices) {
+        check_slice(&s.entry, slice)?;
+    }
+    let total: u64 = entries.iter().map(|s| s.entry.byte_len).sum();
+    let mut builder = ObjectBuilder::with_capacity(usize::try_from(total).unwrap_or(0));
+    let mut from = 0;
+    let mut bytes = 0;
+    for (i, s) in entries.iter().enumerate() {
+        bytes += s.entry.byte_len;
+        if bytes < entry_bytes && i + 1 < entries.len() {
+            continue;
+        }
+        let covered = &entries[from..=i];
+        let max_timestamp = covered
+            .iter()
+            .map(|s| s.entry.max_timestamp)
+            .max()
+            .unwrap_or(i64::MIN);
+        builder.add_chunk(
+            tp.clone(),
+            covered[0].entry.base_offset,
+            s.entry.end_offset,
+            max_timestamp,
+            slices[from..=i].iter().map(|b| &b[..]),
+        );
+        from = i + 1;
+        bytes = 0;
+    }
+    Ok((entries, builder))
 }
 
 /// Checks that a slice read back holds whole batches covering exactly its entry's offsets,
