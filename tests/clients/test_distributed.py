@@ -361,11 +361,17 @@ def test_a_group_spans_agents_and_moves_when_its_coordinator_stops(cluster, topi
             f"{len(taken) - len(set(taken))} twice; commit errors during the move: "
             f"{commit_errors}"
         )
-        # Every record was taken; a record comes twice only after its commit failed.
+        # Every record was taken; a record comes twice only after its commit failed, or when
+        # its commit was in flight as the group moved: librdkafka retries a synchronous commit
+        # that hears NOT_COORDINATOR on the new coordinator without reporting an error, and the
+        # partition's next owner may read the committed offset before the retry lands (at most
+        # one record per member).
         assert set(taken) == {f"first-{i}" for i in range(120)} | {
             f"second-{i}" for i in range(60)
         }
-        assert len(taken) - 180 <= len(commit_errors), "records repeated though committed"
+        assert len(taken) - 180 <= len(commit_errors) + len(members), (
+            "records repeated though committed"
+        )
     finally:
         for m in members:
             m.close()
