@@ -741,23 +741,7 @@ impl MetadataStore for PostgresStore {
             let Some(state) = locked.get_mut(&(tp.topic.clone(), tp.partition.0)) else {
                 continue; // checked just above
             };
-            sqlx::query(
-                "INSERT INTO index_entries (topic, partition_id, base_offset, end_offset, object_key, \
-                 byte_start, byte_len, max_timestamp, leader_epoch) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-            )
-            .bind(&tp.topic)
-            .bind(tp.partition.0)
-            .bind(entry.base_offset.0)
-            .bind(entry.end_offset.0)
-            .bind(&entry.object_key)
-            .bind(to_i64(entry.byte_start)?)
-            .bind(to_i64(entry.byte_len)?)
-            .bind(entry.max_timestamp)
-            .bind(commit.epoch.0)
-            .execute(&mut *tx)
-            .await
-            .map_err(MetadataError::db("insert index entry"))?;
+            insert_entry(&mut tx, entry, commit.epoch).await?;
             sqlx::query(
                 "UPDATE partitions SET high_watermark = $1 WHERE topic = $2 AND partition_id = $3",
             )
@@ -773,16 +757,7 @@ impl MetadataStore for PostgresStore {
             results.push(Ok(()));
         }
         if any_accepted {
-            sqlx::query(&format!(
-                "INSERT INTO objects (object_key, size_bytes, writer, created_at_ms) \
-                 VALUES ($1, $2, $3, {NOW_MS})"
-            ))
-            .bind(&object.key)
-            .bind(to_i64(object.size_bytes)?)
-            .bind(&object.writer.0)
-            .execute(&mut *tx)
-            .await
-            .map_err(MetadataError::db("record object"))?;
+            insert_object(&mut tx, object).await?;
         }
         tx.commit()
             .await
@@ -946,36 +921,11 @@ impl MetadataStore for PostgresStore {
         .execute(&mut *tx)
         .await
         .map_err(MetadataError::db("delete replaced entries"))?;
-        sqlx::query(&format!(
-            "INSERT INTO objects (object_key, size_bytes, writer, created_at_ms) VALUES ($1, $2, $3, {NOW_MS})"
-        ))
-        .bind(&object.key)
-        .bind(to_i64(object.size_bytes)?)
-        .bind(&object.writer.0)
-        .execute(&mut *tx)
-        .await
-        .map_err(MetadataError::db("record compacted object"))?;
+        insert_object(&mut tx, object).await?;
         // Keeps "no entry ends at or below the log start" (new entries end where old ones
         // did, and those were above it, so this only guards against a future caller).
         for stored in new.iter().filter(|s| s.entry.end_offset.0 > log_start) {
-            let entry = &stored.entry;
-            sqlx::query(
-                "INSERT INTO index_entries (topic, partition_id, base_offset, end_offset, object_key, \
-                 byte_start, byte_len, max_timestamp, leader_epoch) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-            )
-            .bind(&tp.topic)
-            .bind(tp.partition.0)
-            .bind(entry.base_offset.0)
-            .bind(entry.end_offset.0)
-            .bind(&entry.object_key)
-            .bind(to_i64(entry.byte_start)?)
-            .bind(to_i64(entry.byte_len)?)
-            .bind(entry.max_timestamp)
-            .bind(stored.leader_epoch.0)
-            .execute(&mut *tx)
-            .await
-            .map_err(MetadataError::db("insert compacted entry"))?;
+            insert_entry(&mut tx, &stored.entry, stored.leader_epoch).await?;
         }
         tx.commit()
             .await
@@ -1405,6 +1355,49 @@ impl MetadataStore for PostgresStore {
             .map_err(MetadataError::db("ping"))?;
         Ok(())
     }
+}
+
+/// Records an index entry committed (or swapped in) under `epoch`: the one statement
+/// [`MetadataStore::commit`] and [`MetadataStore::replace_entries`] share.
+async fn insert_entry(
+    tx: &mut sqlx::PgConnection,
+    entry: &IndexEntry,
+    epoch: LeaseEpoch,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO index_entries (topic, partition_id, base_offset, end_offset, object_key, \
+         byte_start, byte_len, max_timestamp, leader_epoch) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+    )
+    .bind(&entry.tp.topic)
+    .bind(entry.tp.partition.0)
+    .bind(entry.base_offset.0)
+    .bind(entry.end_offset.0)
+    .bind(&entry.object_key)
+    .bind(to_i64(entry.byte_start)?)
+    .bind(to_i64(entry.byte_len)?)
+    .bind(entry.max_timestamp)
+    .bind(epoch.0)
+    .execute(&mut *tx)
+    .await
+    .map_err(MetadataError::db("insert index entry"))?;
+    Ok(())
+}
+
+/// Records a live object. Its key must be new: a key any commit, swap or orphan tombstone
+/// already recorded fails the statement, and with it the whole transaction.
+async fn insert_object(tx: &mut sqlx::PgConnection, object: &ObjectRecord) -> Result<()> {
+    sqlx::query(&format!(
+        "INSERT INTO objects (object_key, size_bytes, writer, created_at_ms) \
+         VALUES ($1, $2, $3, {NOW_MS})"
+    ))
+    .bind(&object.key)
+    .bind(to_i64(object.size_bytes)?)
+    .bind(&object.writer.0)
+    .execute(&mut *tx)
+    .await
+    .map_err(MetadataError::db("record object"))?;
+    Ok(())
 }
 
 /// Writes the new states of the producers that appended in one partition's share of a

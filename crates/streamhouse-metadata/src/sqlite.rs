@@ -548,22 +548,7 @@ impl MetadataStore for SqliteStore {
                 results.push(Err(rejection));
                 continue;
             }
-            sqlx::query(
-                "INSERT INTO index_entries (topic, partition_id, base_offset, end_offset, object_key, \
-                 byte_start, byte_len, max_timestamp, leader_epoch) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            )
-            .bind(&tp.topic)
-            .bind(tp.partition.0)
-            .bind(entry.base_offset.0)
-            .bind(entry.end_offset.0)
-            .bind(&entry.object_key)
-            .bind(to_i64(entry.byte_start)?)
-            .bind(to_i64(entry.byte_len)?)
-            .bind(entry.max_timestamp)
-            .bind(commit.epoch.0)
-            .execute(&mut *tx)
-            .await
-            .map_err(MetadataError::db("insert index entry"))?;
+            insert_entry(&mut tx, entry, commit.epoch).await?;
             sqlx::query(
                 "UPDATE partitions SET high_watermark = ? WHERE topic = ? AND partition_id = ?",
             )
@@ -578,15 +563,7 @@ impl MetadataStore for SqliteStore {
             results.push(Ok(()));
         }
         if any_accepted {
-            sqlx::query(&format!(
-                "INSERT INTO objects (object_key, size_bytes, writer, created_at_ms) VALUES (?, ?, ?, {NOW_MS})"
-            ))
-            .bind(&object.key)
-            .bind(to_i64(object.size_bytes)?)
-            .bind(&object.writer.0)
-            .execute(&mut *tx)
-            .await
-            .map_err(MetadataError::db("record object"))?;
+            insert_object(&mut tx, object).await?;
         }
         tx.commit()
             .await
@@ -708,6 +685,17 @@ impl MetadataStore for SqliteStore {
         };
         let tp = &first.tp;
         let mut tx = self.write_tx("begin compaction swap").await?;
+        let log_start: Option<i64> = sqlx::query_scalar(
+            "SELECT log_start_offset FROM partitions WHERE topic = ? AND partition_id = ?",
+        )
+        .bind(&tp.topic)
+        .bind(tp.partition.0)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(MetadataError::db("read partition for compaction swap"))?;
+        let Some(log_start) = log_start else {
+            return Ok(Swap::Changed);
+        };
         let rows = sqlx::query(
             "SELECT base_offset, end_offset, object_key, byte_start, byte_len, max_timestamp \
              FROM index_entries WHERE topic = ? AND partition_id = ? \
@@ -738,47 +726,12 @@ impl MetadataStore for SqliteStore {
         .execute(&mut *tx)
         .await
         .map_err(MetadataError::db("delete replaced entries"))?;
-        sqlx::query(&format!(
-            "INSERT INTO objects (object_key, size_bytes, writer, created_at_ms) VALUES (?, ?, ?, {NOW_MS})"
-        ))
-        .bind(&object.key)
-        .bind(to_i64(object.size_bytes)?)
-        .bind(&object.writer.0)
-        .execute(&mut *tx)
-        .await
-        .map_err(MetadataError::db("record compacted object"))?;
-        for stored in new {
-            let entry = &stored.entry;
-            sqlx::query(
-                "INSERT INTO index_entries (topic, partition_id, base_offset, end_offset, object_key, \
-                 byte_start, byte_len, max_timestamp, leader_epoch) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            )
-            .bind(&tp.topic)
-            .bind(tp.partition.0)
-            .bind(entry.base_offset.0)
-            .bind(entry.end_offset.0)
-            .bind(&entry.object_key)
-            .bind(to_i64(entry.byte_start)?)
-            .bind(to_i64(entry.byte_len)?)
-            .bind(entry.max_timestamp)
-            .bind(stored.leader_epoch.0)
-            .execute(&mut *tx)
-            .await
-            .map_err(MetadataError::db("insert compacted entry"))?;
+        insert_object(&mut tx, object).await?;
+        // Keeps "no entry ends at or below the log start" (new entries end where old ones
+        // did, and those were above it, so this only guards against a future caller).
+        for stored in new.iter().filter(|s| s.entry.end_offset.0 > log_start) {
+            insert_entry(&mut tx, &stored.entry, stored.leader_epoch).await?;
         }
-        // Keeps "no entry ends at or below the log start" even if the log start moved into
-        // the range meanwhile (new entries end where old ones did, so this is a safeguard).
-        sqlx::query(
-            "DELETE FROM index_entries WHERE topic = ? AND partition_id = ? AND end_offset <= \
-             (SELECT log_start_offset FROM partitions WHERE topic = ? AND partition_id = ?)",
-        )
-        .bind(&tp.topic)
-        .bind(tp.partition.0)
-        .bind(&tp.topic)
-        .bind(tp.partition.0)
-        .execute(&mut *tx)
-        .await
-        .map_err(MetadataError::db("delete entries below the log start"))?;
         tx.commit()
             .await
             .map_err(MetadataError::db("commit compaction swap"))?;
@@ -1207,6 +1160,49 @@ fn agent_from_row(row: &sqlx::sqlite::SqliteRow) -> AgentInfo {
         group: row.get("agent_group"),
         last_heartbeat_ms: row.get("last_heartbeat_ms"),
     }
+}
+
+/// Records an index entry committed (or swapped in) under `epoch`: the one statement
+/// [`MetadataStore::commit`] and [`MetadataStore::replace_entries`] share.
+async fn insert_entry(
+    tx: &mut sqlx::SqliteConnection,
+    entry: &IndexEntry,
+    epoch: LeaseEpoch,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO index_entries (topic, partition_id, base_offset, end_offset, object_key, \
+         byte_start, byte_len, max_timestamp, leader_epoch) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(&entry.tp.topic)
+    .bind(entry.tp.partition.0)
+    .bind(entry.base_offset.0)
+    .bind(entry.end_offset.0)
+    .bind(&entry.object_key)
+    .bind(to_i64(entry.byte_start)?)
+    .bind(to_i64(entry.byte_len)?)
+    .bind(entry.max_timestamp)
+    .bind(epoch.0)
+    .execute(&mut *tx)
+    .await
+    .map_err(MetadataError::db("insert index entry"))?;
+    Ok(())
+}
+
+/// Records a live object. Its key must be new: a key any commit, swap or orphan tombstone
+/// already recorded fails the statement, and with it the whole transaction.
+async fn insert_object(tx: &mut sqlx::SqliteConnection, object: &ObjectRecord) -> Result<()> {
+    sqlx::query(&format!(
+        "INSERT INTO objects (object_key, size_bytes, writer, created_at_ms) \
+         VALUES (?, ?, ?, {NOW_MS})"
+    ))
+    .bind(&object.key)
+    .bind(to_i64(object.size_bytes)?)
+    .bind(&object.writer.0)
+    .execute(&mut *tx)
+    .await
+    .map_err(MetadataError::db("record object"))?;
+    Ok(())
 }
 
 /// Writes the new states of the producers that appended in one partition's share of a
