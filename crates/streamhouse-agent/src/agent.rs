@@ -752,6 +752,16 @@ impl Agent {
         debug!(object = %key, bytes = size, elapsed = ?started.elapsed(), "flushed");
     }
 
+    /// A key for a new object (a flush's or a compaction's) that no other writer can pick.
+    pub(crate) fn new_object_key(&self) -> String {
+        format!(
+            "data/{}/{:013}-{}.sho",
+            self.config.agent_id,
+            now_ms(),
+            uuid::Uuid::new_v4().simple()
+        )
+    }
+
     /// Re-reads a partition's committed high watermark after an ambiguous commit.
     async fn reload(&self, tp: &TopicPartition) {
         let loaded = match self.metadata.get_partition(tp).await {

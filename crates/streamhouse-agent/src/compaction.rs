@@ -260,10 +260,9 @@ impl Agent {
             }
             Swap::Changed => {
                 info!(%tp, object = %key, "the index changed under a compaction; its object is deleted");
-                // Never recorded: no reader can know its key.
-                if let Err(e) = storage.delete(&key).await {
-                    warn!(object = %key, error = %error_chain(&e), "cannot delete an unused compaction object; garbage collection will");
-                }
+                // Never recorded: no reader can know its key. One that cannot be deleted now
+                // is an orphan for garbage collection.
+                self.delete_objects(std::slice::from_ref(&key)).await;
                 Ok(CompactionStats {
                     conflicts: 1,
                     ..CompactionStats::default()
@@ -348,16 +347,4 @@ fn check_slice(entry: &IndexEntry, slice: &[u8]) -> Result<(), AgentError> {
             entry.base_offset, entry.end_offset, entry.tp, entry.object_key
         ),
     })
-}
-
-impl Agent {
-    /// A key for a new object that no other writer can pick.
-    pub(crate) fn new_object_key(&self) -> String {
-        format!(
-            "data/{}/{:013}-{}.sho",
-            self.config.agent_id,
-            now_ms(),
-            uuid::Uuid::new_v4().simple()
-        )
-    }
 }

@@ -103,8 +103,9 @@ impl Agent {
         Ok(stats)
     }
 
-    /// Deletes objects from the object store; returns the keys that are gone.
-    async fn delete_objects(&self, keys: &[String]) -> Vec<String> {
+    /// Deletes objects from the object store; returns the keys that are gone (failures are
+    /// logged and left for the next pass).
+    pub(crate) async fn delete_objects(&self, keys: &[String]) -> Vec<String> {
         let deletes: Vec<_> = keys
             .iter()
             .map(|key| {
