@@ -755,7 +755,7 @@ impl Agent {
     /// A key for a new object (a flush's or a compaction's) that no other writer can pick.
     pub(crate) fn new_object_key(&self) -> String {
         format!(
-            "data/{}/{:013}-{}.sho",
+            "{DATA_PREFIX}/{}/{:013}-{}.sho",
             self.config.agent_id,
             now_ms(),
             uuid::Uuid::new_v4().simple()
@@ -906,6 +906,9 @@ where
         pass().await;
     }
 }
+
+/// Where every object's key starts (`data/<agent-id>/…`, see docs/storage-format.md).
+pub const DATA_PREFIX: &str = "data";
 
 /// Most partitions one topic may have: a request for a million partitions (a typo, or a
 /// fuzzer) would otherwise create a million rows and leases before anyone could stop it.

@@ -23,7 +23,7 @@ use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::agent::{error_chain, every, now_ms, Agent};
+use crate::agent::{error_chain, every, now_ms, Agent, DATA_PREFIX};
 use crate::error::AgentError;
 
 /// The maintenance job's name in the metadata store.
@@ -32,8 +32,6 @@ const GC_JOB: &str = "gc";
 const BATCH: usize = 500;
 /// Deletes in flight at once.
 const DELETE_CONCURRENCY: usize = 16;
-/// Where every object's key starts.
-const DATA_PREFIX: &str = "data";
 
 /// What one garbage collection pass did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

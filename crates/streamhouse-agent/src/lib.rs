@@ -30,7 +30,9 @@ mod read;
 mod retention;
 mod stats;
 
-pub use agent::{error_chain, Agent, Appended, OffsetSpec, ReadResult, MAX_PARTITIONS};
+pub use agent::{
+    error_chain, Agent, Appended, OffsetSpec, ReadResult, DATA_PREFIX, MAX_PARTITIONS,
+};
 pub use compaction::CompactionStats;
 pub use config::AgentConfig;
 pub use error::AgentError;

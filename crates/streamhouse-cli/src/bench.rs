@@ -304,7 +304,7 @@ async fn sample_object_count(
     let started = std::time::Instant::now();
     loop {
         tokio::time::sleep(std::time::Duration::from_secs(10)).await;
-        if let Ok(objects) = agent.storage().list("data").await {
+        if let Ok(objects) = agent.storage().list(streamhouse_agent::DATA_PREFIX).await {
             samples
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
@@ -332,7 +332,11 @@ async fn compaction_notes(
     let started = std::time::Instant::now();
     let done = agent.compact().await?;
     let elapsed = started.elapsed().as_secs_f64();
-    let objects = agent.storage().list("data").await?.len();
+    let objects = agent
+        .storage()
+        .list(streamhouse_agent::DATA_PREFIX)
+        .await?
+        .len();
     notes.push(format!(
         "final compaction pass: {} objects written from {} index entries ({} entries out), {:.1} MiB in {:.2} s = {:.1} MiB/s; {objects} objects in the store after it (unnamed ones wait {} ms for garbage collection)",
         done.objects,
