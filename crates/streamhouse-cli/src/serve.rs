@@ -99,7 +99,7 @@ pub(crate) struct ServeArgs {
     #[arg(long, env = "STREAMHOUSE_LEASE_TTL_MS", default_value_t = 30_000)]
     pub(crate) lease_ttl_ms: u64,
     /// How often retention (retention.ms, retention.bytes) is enforced on the partitions this
-    /// agent leads (Kafka's log.retention.check.interval.ms).
+    /// agent leads (Kafka's log.retention.check.interval.ms; 0: never).
     #[arg(
         long,
         env = "STREAMHOUSE_RETENTION_CHECK_INTERVAL_MS",

@@ -46,10 +46,7 @@ impl ServerProcess {
         env: &[(&str, &str)],
     ) -> ServerProcess {
         let extra_args = owned(extra_args);
-        let env: Vec<(String, String)> = env
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        let env = owned_env(env);
         let (child, ready) = spawn(binary, data_dir, &extra_args, &env);
         ServerProcess {
             child,
@@ -107,10 +104,7 @@ impl ServerProcess {
     /// Restarts with other flags and environment variables (kept for later restarts).
     pub fn restart_with(&mut self, extra_args: &[&str], env: &[(&str, &str)]) {
         self.extra_args = owned(extra_args);
-        self.env = env
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        self.env = owned_env(env);
         self.restart();
     }
 
@@ -155,6 +149,12 @@ struct Ready {
 
 fn owned(args: &[&str]) -> Vec<String> {
     args.iter().map(|s| s.to_string()).collect()
+}
+
+fn owned_env(env: &[(&str, &str)]) -> Vec<(String, String)> {
+    env.iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
 }
 
 fn spawn(
