@@ -22,11 +22,12 @@ pub struct TopicConfig {
     pub timestamp_type: TimestampType,
     /// `max.message.bytes`: the largest record batch accepted, enforced at append.
     pub max_message_bytes: i32,
-    /// `retention.ms`: stored and reported; not yet enforced (no retention yet).
+    /// `retention.ms`: enforced by retention (-1: unlimited).
     pub retention_ms: i64,
-    /// `retention.bytes`: stored and reported; not yet enforced (no retention yet).
+    /// `retention.bytes`: enforced by retention (-1: unlimited).
     pub retention_bytes: i64,
-    /// `cleanup.policy`: stored and reported; not yet enforced (no compaction yet).
+    /// `cleanup.policy`: retention trims topics whose policy includes `delete`; log
+    /// compaction by key (`compact`) is not done yet.
     pub cleanup_policy: String,
     /// `streamhouse.agent.group`: the agent group whose agents lead the topic's partitions.
     /// Set at creation to the creating agent's group unless given.
