@@ -2,6 +2,7 @@
 
 use bytes::Bytes;
 use streamhouse_metadata::{LeaseEpoch, Offset, TopicPartition};
+use streamhouse_storage::records::Records;
 use streamhouse_storage::{batch, StorageError};
 
 use crate::agent::{Agent, OffsetSpec, ReadResult};
@@ -178,16 +179,18 @@ impl Agent {
             if header.max_timestamp < timestamp || header.last_offset() < log_start_offset.0 {
                 continue;
             }
-            // For uncompressed batches, the exact record. A compressed batch is not
-            // decompressed here: its first offset is answered, with its max timestamp.
-            let exact = batch::record_timestamps(&chunk[span.range.clone()]).and_then(|records| {
-                records
-                    .into_iter()
-                    .find(|(delta, ts)| {
-                        *ts >= timestamp && header.base_offset + delta >= log_start_offset.0
-                    })
-                    .map(|(delta, ts)| (Offset(header.base_offset + delta), ts))
-            });
+            // The exact record (compressed batches are decompressed for it); a batch that
+            // does not parse answers its first offset, with its max timestamp.
+            let exact = Records::parse(&chunk[span.range.clone()])
+                .ok()
+                .and_then(|batch| {
+                    batch
+                        .records
+                        .iter()
+                        .map(|r| (batch.offset(r), batch.timestamp(r)))
+                        .find(|(offset, ts)| *ts >= timestamp && *offset >= log_start_offset.0)
+                        .map(|(offset, ts)| (Offset(offset), ts))
+                });
             return Ok(exact.unwrap_or((
                 Offset(header.base_offset.max(log_start_offset.0)),
                 header.max_timestamp,

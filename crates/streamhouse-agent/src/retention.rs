@@ -27,7 +27,7 @@ impl Agent {
             .filter(|(_, led)| !led.draining)
             // As in Kafka, retention deletes only under cleanup.policy delete (or
             // compact,delete); a compact-only topic keeps its records.
-            .filter(|(_, led)| led.config.cleanup_policy.contains("delete"))
+            .filter(|(_, led)| led.config.deletes())
             .filter(|(_, led)| led.config.retention_ms >= 0 || led.config.retention_bytes >= 0)
             .map(|(tp, led)| {
                 (

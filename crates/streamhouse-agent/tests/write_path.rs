@@ -150,6 +150,12 @@ impl MetadataStore for Faulty {
     async fn advance_log_start(&self, tp: &TopicPartition, o: Offset) -> Result<Offset> {
         self.inner.advance_log_start(tp, o).await
     }
+    async fn clean_offset(&self, tp: &TopicPartition) -> Result<Offset> {
+        self.inner.clean_offset(tp).await
+    }
+    async fn advance_clean_offset(&self, tp: &TopicPartition, o: Offset) -> Result<Offset> {
+        self.inner.advance_clean_offset(tp, o).await
+    }
     async fn epoch_end_offset(
         &self,
         tp: &TopicPartition,

@@ -207,6 +207,16 @@ pub trait MetadataStore: Send + Sync + std::fmt::Debug {
     /// the new log start offset.
     async fn advance_log_start(&self, tp: &TopicPartition, offset: Offset) -> Result<Offset>;
 
+    /// Log compaction's checkpoint for `tp` (Kafka's cleaner offset): records below it were
+    /// compacted by key (0 when never). Fails with [`MetadataError::NotFound`] if there is no
+    /// such partition.
+    async fn clean_offset(&self, tp: &TopicPartition) -> Result<Offset>;
+
+    /// Moves log compaction's checkpoint for `tp` forward to `offset` (never back, never past
+    /// the high watermark) once a pass compacted everything below it; returns the
+    /// checkpoint. Fails with [`MetadataError::NotFound`] if there is no such partition.
+    async fn advance_clean_offset(&self, tp: &TopicPartition, offset: Offset) -> Result<Offset>;
+
     /// OffsetForLeaderEpoch: the largest lease epoch at or below `epoch` that committed data
     /// to `tp`, and that epoch's end offset (where the next epoch's data starts, or the high
     /// watermark). When only later epochs wrote, `epoch` itself and the first later offset.

@@ -1117,6 +1117,37 @@ impl MetadataStore for PostgresStore {
         Ok(Offset(new_start))
     }
 
+    async fn clean_offset(&self, tp: &TopicPartition) -> Result<Offset> {
+        sqlx::query_scalar(
+            "SELECT clean_offset FROM partitions WHERE topic = $1 AND partition_id = $2",
+        )
+        .bind(&tp.topic)
+        .bind(tp.partition.0)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(MetadataError::db("read the log compaction checkpoint"))?
+        .map(Offset)
+        .ok_or_else(|| MetadataError::NotFound {
+            what: format!("partition {tp}"),
+        })
+    }
+
+    async fn advance_clean_offset(&self, tp: &TopicPartition, offset: Offset) -> Result<Offset> {
+        let moved: Option<i64> = sqlx::query_scalar(
+            "UPDATE partitions SET clean_offset = GREATEST(clean_offset, LEAST($1, high_watermark)) \
+             WHERE topic = $2 AND partition_id = $3 RETURNING clean_offset",
+        )
+        .bind(offset.0)
+        .bind(&tp.topic)
+        .bind(tp.partition.0)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(MetadataError::db("advance the log compaction checkpoint"))?;
+        moved.map(Offset).ok_or_else(|| MetadataError::NotFound {
+            what: format!("partition {tp}"),
+        })
+    }
+
     async fn epoch_end_offset(
         &self,
         tp: &TopicPartition,

@@ -934,6 +934,41 @@ impl MetadataStore for SqliteStore {
         Ok(Offset(new_start))
     }
 
+    async fn clean_offset(&self, tp: &TopicPartition) -> Result<Offset> {
+        sqlx::query_scalar(
+            "SELECT clean_offset FROM partitions WHERE topic = ? AND partition_id = ?",
+        )
+        .bind(&tp.topic)
+        .bind(tp.partition.0)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(MetadataError::db("read the log compaction checkpoint"))?
+        .map(Offset)
+        .ok_or_else(|| MetadataError::NotFound {
+            what: format!("partition {tp}"),
+        })
+    }
+
+    async fn advance_clean_offset(&self, tp: &TopicPartition, offset: Offset) -> Result<Offset> {
+        let mut tx = self.write_tx("begin log compaction checkpoint").await?;
+        let moved: Option<i64> = sqlx::query_scalar(
+            "UPDATE partitions SET clean_offset = MAX(clean_offset, MIN(?, high_watermark)) \
+             WHERE topic = ? AND partition_id = ? RETURNING clean_offset",
+        )
+        .bind(offset.0)
+        .bind(&tp.topic)
+        .bind(tp.partition.0)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(MetadataError::db("advance the log compaction checkpoint"))?;
+        tx.commit()
+            .await
+            .map_err(MetadataError::db("commit the log compaction checkpoint"))?;
+        moved.map(Offset).ok_or_else(|| MetadataError::NotFound {
+            what: format!("partition {tp}"),
+        })
+    }
+
     async fn epoch_end_offset(
         &self,
         tp: &TopicPartition,

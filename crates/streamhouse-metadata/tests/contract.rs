@@ -1418,3 +1418,83 @@ async fn maintenance_jobs_have_one_holder_until_it_lapses() {
         assert!(!store.claim_job("gc", &a, ttl).await.unwrap());
     }
 }
+
+#[tokio::test]
+async fn the_log_compaction_checkpoint_only_moves_forward_up_to_the_high_watermark() {
+    for (_scratch, store) in backends().await {
+        store.create_topic("lc", 1, &BTreeMap::new()).await.unwrap();
+        let tp = TopicPartition::new("lc", 0);
+        let a = agent("a");
+        let lease = store
+            .acquire_lease(&tp, &a, Duration::from_secs(30))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(store.clean_offset(&tp).await.unwrap(), Offset(0));
+        commit_entries(&store, &tp, &a, lease.epoch, &[(0, 10), (10, 20)]).await;
+        assert_eq!(
+            store.advance_clean_offset(&tp, Offset(10)).await.unwrap(),
+            Offset(10)
+        );
+        assert_eq!(
+            store.advance_clean_offset(&tp, Offset(5)).await.unwrap(),
+            Offset(10),
+            "never back"
+        );
+        assert_eq!(
+            store.advance_clean_offset(&tp, Offset(99)).await.unwrap(),
+            Offset(20),
+            "never past the high watermark"
+        );
+        assert_eq!(store.clean_offset(&tp).await.unwrap(), Offset(20));
+        let missing = TopicPartition::new("lc", 1);
+        assert!(matches!(
+            store.clean_offset(&missing).await,
+            Err(MetadataError::NotFound { .. })
+        ));
+        assert!(matches!(
+            store.advance_clean_offset(&missing, Offset(1)).await,
+            Err(MetadataError::NotFound { .. })
+        ));
+        // A topic created again under the name starts over.
+        store.delete_topic("lc").await.unwrap();
+        store.create_topic("lc", 1, &BTreeMap::new()).await.unwrap();
+        assert_eq!(store.clean_offset(&tp).await.unwrap(), Offset(0));
+    }
+}
+
+#[tokio::test]
+async fn a_swap_may_leave_offsets_with_no_bytes_left() {
+    // Log compaction can remove every record of a range: its entry keeps the offsets, with
+    // no bytes, so the entries still tile the log.
+    for (_scratch, store) in backends().await {
+        store.create_topic("z", 1, &BTreeMap::new()).await.unwrap();
+        let tp = TopicPartition::new("z", 0);
+        let a = agent("a");
+        let lease = store
+            .acquire_lease(&tp, &a, Duration::from_secs(30))
+            .await
+            .unwrap()
+            .unwrap();
+        commit_entries(&store, &tp, &a, lease.epoch, &[(0, 10), (10, 20), (20, 30)]).await;
+        let old = store.find_entries(&tp, Offset(0), 2).await.unwrap();
+        let mut new = swapped(&tp, "c0", lease.epoch, &[(0, 20)]);
+        new[0].entry.byte_len = 0;
+        let swap = store
+            .replace_entries(&object("c0", &a), &old, &new)
+            .await
+            .unwrap();
+        assert_eq!(swap, Swap::Replaced);
+        let entries = store.find_entries(&tp, Offset(0), 10).await.unwrap();
+        assert_eq!(entries.len(), 2);
+        assert_eq!(
+            (
+                entries[0].base_offset,
+                entries[0].end_offset,
+                entries[0].byte_len
+            ),
+            (Offset(0), Offset(20), 0)
+        );
+        assert_eq!(entries[1].base_offset, Offset(20));
+    }
+}

@@ -18,7 +18,7 @@ use std::ops::Range;
 pub const LOG_OVERHEAD: usize = 12;
 /// Size of the fixed RecordBatch header.
 pub const HEADER_LEN: usize = 61;
-const CRC_START: usize = 21;
+pub(crate) const CRC_START: usize = 21;
 const ATTR_TIMESTAMP_TYPE: i16 = 0x08;
 const ATTR_COMPRESSION: i16 = 0x07;
 
@@ -101,7 +101,7 @@ fn read<const N: usize>(buf: &[u8], at: usize) -> [u8; N] {
 }
 
 /// Reads the header at the start of `buf`, which must hold at least [`HEADER_LEN`] bytes.
-fn header_at(buf: &[u8]) -> BatchHeader {
+pub(crate) fn header_at(buf: &[u8]) -> BatchHeader {
     BatchHeader {
         base_offset: i64::from_be_bytes(read(buf, 0)),
         batch_length: i32::from_be_bytes(read(buf, 8)),
@@ -224,34 +224,8 @@ pub fn stamp_log_append_time(batch: &mut [u8], now_ms: i64) {
     batch[17..21].copy_from_slice(&crc.to_be_bytes());
 }
 
-/// The offset deltas and timestamps of the records of an uncompressed batch (`None` for a
-/// compressed one, whose records this module does not decompress).
-pub fn record_timestamps(batch: &[u8]) -> Option<Vec<(i64, i64)>> {
-    if batch.len() < HEADER_LEN {
-        return None;
-    }
-    let header = header_at(batch);
-    if header.compression() != 0 {
-        return None;
-    }
-    if header.is_log_append_time() {
-        return Some(vec![(0, header.max_timestamp)]);
-    }
-    let mut out = Vec::new();
-    let mut rest = &batch[HEADER_LEN..];
-    for _ in 0..header.record_count {
-        let (len, n) = varint(rest)?;
-        let body = rest.get(n..n + usize::try_from(len).ok()?)?;
-        let (ts_delta, m) = varint(body.get(1..)?)?;
-        let (offset_delta, _) = varint(body.get(1 + m..)?)?;
-        out.push((offset_delta, header.base_timestamp + ts_delta));
-        rest = &rest[n + usize::try_from(len).ok()?..];
-    }
-    Some(out)
-}
-
 /// A zig-zag varint (as Kafka records use), and how many bytes it took.
-fn varint(buf: &[u8]) -> Option<(i64, usize)> {
+pub(crate) fn varint(buf: &[u8]) -> Option<(i64, usize)> {
     let mut value: u64 = 0;
     for (i, byte) in buf.iter().enumerate().take(10) {
         value |= u64::from(byte & 0x7f) << (7 * i);
@@ -365,17 +339,5 @@ mod tests {
         let h = validate(&b).unwrap()[0].header;
         assert!(h.is_log_append_time());
         assert_eq!(h.max_timestamp, 99_999);
-    }
-
-    #[test]
-    fn reads_record_timestamps_of_uncompressed_batches() {
-        let b = sample_batch(3, 500);
-        assert_eq!(
-            record_timestamps(&b).unwrap(),
-            vec![(0, 500), (1, 501), (2, 502)]
-        );
-        let mut compressed = b.clone();
-        compressed[22] |= 1;
-        assert_eq!(record_timestamps(&compressed), None);
     }
 }

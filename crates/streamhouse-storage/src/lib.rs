@@ -1,6 +1,8 @@
 //! Storage: what goes into objects and how it comes back out.
 //!
 //! - [`batch`]: Kafka RecordBatch v2 validation and the few header fields the agent sets.
+//! - [`records`]: the records inside a batch (decompressed), and a batch rebuilt with some of
+//!   its records kept at their offsets (log compaction).
 //! - [`object`]: the object layout (one object holds the batches of many partitions).
 //! - [`cache`]: an in-memory LRU of recent object bytes.
 //! - [`store`]: object store I/O (create-only puts, ranged gets) through the cache, and its
@@ -10,6 +12,7 @@ pub mod batch;
 pub mod cache;
 pub mod error;
 pub mod object;
+pub mod records;
 pub mod store;
 
 pub use batch::{BatchError, BatchHeader};

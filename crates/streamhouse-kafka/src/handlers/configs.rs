@@ -45,8 +45,24 @@ fn describe_entry(name: &str) -> (i8, Option<&'static str>) {
         "cleanup.policy" => (
             7,
             Some(
-                "delete: retention.ms and retention.bytes trim the log; compact keeps every record for now (log compaction is not done yet); compact,delete trims by retention only.",
+                "delete: retention.ms and retention.bytes trim the log; compact: log compaction keeps the latest record of every key (at its offset) and drops tombstones after delete.retention.ms; compact,delete: both.",
             ),
+        ),
+        "delete.retention.ms" => (
+            5,
+            Some("Log compaction keeps a tombstone this long after the first compaction that saw it."),
+        ),
+        "min.compaction.lag.ms" => (
+            5,
+            Some("Records committed less than this long ago are not compacted yet."),
+        ),
+        "max.compaction.lag.ms" => (
+            5,
+            Some("Records left uncompacted this long are compacted whatever the dirty ratio."),
+        ),
+        "min.cleanable.dirty.ratio" => (
+            6,
+            Some("Log compaction runs once the records not compacted yet are at least this share of the compactable bytes."),
         ),
         streamhouse_metadata::AGENT_GROUP_CONFIG => (
             2,
