@@ -18,6 +18,7 @@ use streamhouse_metadata::{
     Topic, TopicConfig, TopicPartition, AGENT_GROUP_CONFIG,
 };
 use streamhouse_storage::batch::{self, BatchSpan};
+use streamhouse_storage::records::Records;
 use streamhouse_storage::{ObjectBuilder, ObjectStorage};
 use tokio::sync::{oneshot, watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -331,16 +332,15 @@ impl Agent {
         if self.closed.load(Ordering::Acquire) {
             return Err(AgentError::ShuttingDown);
         }
-        let max = match self.led_config(tp) {
-            Some(config) => config.max_message_bytes,
+        let config = match self.led_config(tp) {
+            Some(config) => config,
             None => {
                 self.ensure_led(tp).await?;
                 self.led_config(tp)
                     .ok_or_else(|| AgentError::NotLeader { tp: tp.clone() })?
-                    .max_message_bytes
             }
         };
-        let max = usize::try_from(max).unwrap_or(0);
+        let max = usize::try_from(config.max_message_bytes).unwrap_or(0);
         let spans = batch::validate(&records).map_err(|source| AgentError::Corrupt {
             tp: tp.clone(),
             source,
@@ -351,6 +351,25 @@ impl Agent {
                 size: too_big.range.len(),
                 max,
             });
+        }
+        if config.compacts() {
+            // As Kafka: log compaction keeps the latest record per key, so a record without
+            // one has no place in a compacted topic.
+            for span in &spans {
+                let batch = Records::parse(&records[span.range.clone()]).map_err(|source| {
+                    AgentError::Corrupt {
+                        tp: tp.clone(),
+                        source,
+                    }
+                })?;
+                if batch.records.iter().any(|r| batch.key(r).is_none()) {
+                    return Err(AgentError::InvalidRecord {
+                        tp: tp.clone(),
+                        reason: "a compacted topic does not accept records without a key"
+                            .to_string(),
+                    });
+                }
+            }
         }
         let idem = producers::identify(tp, &spans)?;
         let size = records.len();

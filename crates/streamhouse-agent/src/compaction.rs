@@ -29,7 +29,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::{StreamExt, TryStreamExt};
-use streamhouse_metadata::{IndexEntry, ObjectRecord, StoredEntry, Swap, TopicPartition};
+use streamhouse_metadata::{
+    IndexEntry, LeaseEpoch, ObjectRecord, StoredEntry, Swap, TopicPartition,
+};
 use streamhouse_storage::batch;
 use streamhouse_storage::ObjectBuilder;
 use tokio_util::sync::CancellationToken;
@@ -206,13 +208,54 @@ impl Agent {
         .map_err(|e| AgentError::CorruptData {
             reason: format!("the compaction task failed: {e}"),
         })??;
+        let epochs = vec![entries[0].leader_epoch; builder.chunk_count()];
+        let old: Vec<IndexEntry> = entries.into_iter().map(|s| s.entry).collect();
+        let (swap, entries_out) = self.write_and_swap(tp, builder, &epochs, &old).await?;
+        match swap {
+            Swap::Replaced => {
+                let elapsed = started.elapsed();
+                stats::compaction_done(merged, elapsed);
+                debug!(%tp, entries_in = old.len(), entries_out, bytes = merged, ?elapsed,
+                       "compacted");
+                let done = CompactionStats {
+                    objects: 1,
+                    entries_in: old.len(),
+                    entries_out,
+                    bytes: merged,
+                    conflicts: 0,
+                };
+                let mut totals = self.compacted.lock().unwrap_or_else(|e| e.into_inner());
+                totals.0.add(done);
+                totals.1 += elapsed;
+                Ok(done)
+            }
+            Swap::Changed => Ok(CompactionStats {
+                conflicts: 1,
+                ..CompactionStats::default()
+            }),
+        }
+    }
+
+    /// Writes `builder`'s object under a new key, then swaps `old` for one index entry per
+    /// chunk (chunk `i` under lease epoch `epochs[i]`) in one metadata transaction that is
+    /// refused if the index changed underneath; an object the swap did not record is
+    /// deleted at once. Object compaction and log compaction both end here. Returns the
+    /// swap's outcome and how many entries it swapped in.
+    pub(crate) async fn write_and_swap(
+        &self,
+        tp: &TopicPartition,
+        builder: ObjectBuilder,
+        epochs: &[LeaseEpoch],
+        old: &[IndexEntry],
+    ) -> Result<(Swap, usize), AgentError> {
+        let storage = self.storage();
         let key = self.new_object_key();
         let (object, chunks) = builder.finish();
         let size = object.len() as u64;
-        let epoch = entries[0].leader_epoch;
         let new: Vec<StoredEntry> = chunks
             .iter()
-            .map(|c| StoredEntry {
+            .zip(epochs)
+            .map(|(c, epoch)| StoredEntry {
                 entry: IndexEntry {
                     tp: tp.clone(),
                     base_offset: c.base_offset,
@@ -222,12 +265,10 @@ impl Agent {
                     byte_len: c.byte_len,
                     max_timestamp: c.max_timestamp,
                 },
-                leader_epoch: epoch,
+                leader_epoch: *epoch,
                 committed_at_ms: 0,
             })
             .collect();
-        let old: Vec<IndexEntry> = entries.into_iter().map(|s| s.entry).collect();
-
         crate::failpoints::crash_point("compaction-before-put");
         storage.put_new_uncached(&key, object).await?;
         crate::failpoints::crash_point("compaction-after-put");
@@ -238,43 +279,25 @@ impl Agent {
         };
         // An error here leaves the swap's outcome unknown: the object stays for garbage
         // collection, which deletes it only if no commit recorded it.
-        let swap = self.metadata.replace_entries(&record, &old, &new).await?;
+        let swap = self.metadata.replace_entries(&record, old, &new).await?;
         crate::failpoints::crash_point("compaction-after-swap");
-        match swap {
-            Swap::Replaced => {
-                let elapsed = started.elapsed();
-                stats::compaction_done(merged, elapsed);
-                debug!(%tp, object = %key, entries_in = old.len(), entries_out = new.len(),
-                       bytes = merged, ?elapsed, "compacted");
-                let done = CompactionStats {
-                    objects: 1,
-                    entries_in: old.len(),
-                    entries_out: new.len(),
-                    bytes: merged,
-                    conflicts: 0,
-                };
-                let mut totals = self.compacted.lock().unwrap_or_else(|e| e.into_inner());
-                totals.0.add(done);
-                totals.1 += elapsed;
-                Ok(done)
-            }
-            Swap::Changed => {
-                info!(%tp, object = %key, "the index changed under a compaction; its object is deleted");
-                // Never recorded: no reader can know its key. One that cannot be deleted now
-                // is an orphan for garbage collection.
-                self.delete_objects(std::slice::from_ref(&key)).await;
-                Ok(CompactionStats {
-                    conflicts: 1,
-                    ..CompactionStats::default()
-                })
-            }
+        if swap == Swap::Changed {
+            info!(%tp, object = %key, "the index changed under a compaction; its object is deleted");
+            // Never recorded: no reader can know its key. One that cannot be deleted now
+            // is an orphan for garbage collection.
+            self.delete_objects(std::slice::from_ref(&key)).await;
         }
+        Ok((swap, new.len()))
     }
 
-    /// Runs a compaction pass every `compaction_interval` until `shutdown` (never if the
-    /// interval is zero).
+    /// Runs a log compaction pass and an object compaction pass every `compaction_interval`
+    /// until `shutdown` (never if the interval is zero).
     pub(crate) async fn compaction_loop(&self, shutdown: &CancellationToken) {
         every(self.config.compaction_interval, shutdown, || async {
+            // Log compaction first: what it leaves is what object compaction then merges.
+            if let Err(e) = self.clean().await {
+                warn!(error = %error_chain(&e), "log compaction pass failed; retrying at the next one")
+            }
             match self.compact().await {
                 Ok(done) if done.objects > 0 => {
                     info!(objects = done.objects, entries_in = done.entries_in,
@@ -329,9 +352,13 @@ fn build_object(
     Ok((entries, builder))
 }
 
-/// Checks that a slice read back holds whole batches covering exactly its entry's offsets,
-/// before its bytes are copied anywhere.
-fn check_slice(entry: &IndexEntry, slice: &[u8]) -> Result<(), AgentError> {
+/// Checks that a slice read back holds whole batches of its entry's offsets (all of them,
+/// or those log compaction kept), before its bytes are copied anywhere.
+pub(crate) fn check_slice(entry: &IndexEntry, slice: &[u8]) -> Result<(), AgentError> {
+    if slice.is_empty() {
+        // Log compaction removed every record of the range; the entry keeps its offsets.
+        return Ok(());
+    }
     let spans = batch::walk(slice);
     let whole = spans.last().map(|s| s.range.end) == Some(slice.len());
     let first = spans.first().map(|s| s.header.base_offset);

@@ -25,6 +25,9 @@ pub enum AgentError {
         #[source]
         source: BatchError,
     },
+    /// A record the topic's configs do not allow (a keyless record in a compacted topic).
+    #[error("invalid record for {tp}: {reason}")]
+    InvalidRecord { tp: TopicPartition, reason: String },
     #[error("offset {offset} of {tp} is out of range [{log_start_offset}, {high_watermark}]")]
     OffsetOutOfRange {
         tp: TopicPartition,

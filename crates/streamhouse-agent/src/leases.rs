@@ -43,6 +43,9 @@ pub(crate) struct Led {
     pub(crate) draining: bool,
     /// The idempotent producers' sequence state, committed and pending.
     pub(crate) producers: Producers,
+    /// Log compaction: when the earliest delete horizon of a kept tombstone passes (0 until
+    /// the first pass under this lease, which looks whatever the dirty ratio).
+    pub(crate) clean_due_ms: i64,
 }
 
 /// What one balance round decided.
@@ -230,6 +233,7 @@ impl Agent {
                 stale: false,
                 draining: false,
                 producers: Producers::new(producers),
+                clean_due_ms: 0,
             },
         );
         Ok(())

@@ -9,6 +9,7 @@
 //! - `admin`: topic configs, partition increases, DeleteRecords.
 //! - `retention`: retention.ms / retention.bytes, by moving the log start.
 //! - `compaction`: merging a partition's small slices into large per-partition objects.
+//! - `cleaner`: log compaction (`cleanup.policy=compact`): the latest record per key.
 //! - `gc`: deleting objects no index entry names, and orphans no commit named.
 //! - [`failpoints`]: crash points for the crash tests.
 //! - `stats`: the agent's metrics and throughput totals; [`describe_metrics`] gives the
@@ -19,6 +20,7 @@
 
 mod admin;
 pub mod agent;
+mod cleaner;
 mod compaction;
 pub mod config;
 pub mod error;
@@ -33,6 +35,7 @@ mod stats;
 pub use agent::{
     error_chain, Agent, Appended, OffsetSpec, ReadResult, DATA_PREFIX, MAX_PARTITIONS,
 };
+pub use cleaner::CleanStats;
 pub use compaction::CompactionStats;
 pub use config::AgentConfig;
 pub use error::AgentError;

@@ -76,6 +76,11 @@ impl Agent {
                     }
                     break 'entries;
                 }
+                if entry.byte_len == 0 {
+                    // Log compaction removed every record of this range.
+                    position = entry.end_offset;
+                    continue;
+                }
                 let end_byte = entry.byte_start + entry.byte_len;
                 let held = fetched.as_ref().and_then(|(key, at, bytes)| {
                     let inside = *key == entry.object_key
@@ -127,6 +132,7 @@ impl Agent {
                     start,
                     end,
                     records: in_range,
+                    complete,
                 } = trim_chunk(
                     &chunk,
                     position,
@@ -138,7 +144,7 @@ impl Agent {
                     result.record_count += in_range;
                     result.records.push(chunk.slice(start..end));
                 }
-                if end < chunk.len() || size >= max_bytes {
+                if !complete || size >= max_bytes {
                     break 'entries;
                 }
                 position = entry.end_offset;
@@ -249,14 +255,18 @@ struct Trimmed {
     end: usize,
     /// The records of the whole batches in `start..end`, from their headers.
     records: u64,
+    /// Whether every batch at or after the offset was taken (the budget did not stop it).
+    complete: bool,
 }
 
-/// The byte range of `chunk` to return: from the batch holding `offset`, whole batches up to
-/// `budget` bytes (at least one batch if `at_least_one`).
+/// The byte range of `chunk` to return: from the first batch that ends at or after `offset`
+/// (the one holding it, or after a gap log compaction left the next one), whole batches up
+/// to `budget` bytes (at least one batch if `at_least_one`).
 fn trim_chunk(chunk: &Bytes, offset: Offset, budget: usize, at_least_one: bool) -> Trimmed {
     let mut start = None;
     let mut end = 0;
     let mut records = 0u64;
+    let mut complete = true;
     for span in batch::walk(chunk) {
         if span.header.last_offset() < offset.0 {
             continue;
@@ -264,6 +274,7 @@ fn trim_chunk(chunk: &Bytes, offset: Offset, budget: usize, at_least_one: bool) 
         let begin = *start.get_or_insert(span.range.start);
         let taken = span.range.end - begin;
         if taken > budget && !(at_least_one && end == 0) {
+            complete = false;
             break;
         }
         end = span.range.end;
@@ -274,11 +285,13 @@ fn trim_chunk(chunk: &Bytes, offset: Offset, budget: usize, at_least_one: bool) 
             start,
             end,
             records,
+            complete,
         },
         _ => Trimmed {
             start: 0,
             end: 0,
             records: 0,
+            complete,
         },
     }
 }

@@ -30,6 +30,8 @@ pub(crate) const COMMIT_DURATION: &str = "streamhouse_metadata_commit_duration_s
 pub(crate) const COMPACTION_BYTES: &str = "streamhouse_compaction_bytes_total";
 pub(crate) const COMPACTION_DURATION: &str = "streamhouse_compaction_duration_seconds";
 pub(crate) const GC_DELETED: &str = "streamhouse_gc_objects_deleted_total";
+pub(crate) const LOG_COMPACTION_REMOVED: &str = "streamhouse_log_compaction_records_removed_total";
+pub(crate) const LOG_COMPACTION_DURATION: &str = "streamhouse_log_compaction_duration_seconds";
 
 /// Totals since the agent started, for rate computation.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -117,6 +119,18 @@ pub(crate) fn compaction_done(bytes: u64, elapsed: Duration) {
     histogram!(COMPACTION_DURATION).record(elapsed.as_secs_f64());
 }
 
+/// One log compaction pass over a partition went through.
+pub(crate) fn log_compaction_done(done: &crate::CleanStats, elapsed: Duration) {
+    for (reason, n) in [
+        ("superseded", done.superseded),
+        ("tombstone", done.tombstones),
+        ("keyless", done.keyless),
+    ] {
+        counter!(LOG_COMPACTION_REMOVED, "reason" => reason).increment(n);
+    }
+    histogram!(LOG_COMPACTION_DURATION).record(elapsed.as_secs_f64());
+}
+
 /// Objects garbage collection deleted: `kind` is `unreferenced` or `orphan`.
 pub(crate) fn gc_deleted(kind: &'static str, objects: usize) {
     counter!(GC_DELETED, "kind" => kind).increment(u64::try_from(objects).unwrap_or(u64::MAX));
@@ -129,6 +143,16 @@ pub fn describe_metrics() {
         GC_DELETED,
         Unit::Count,
         "Objects deleted by garbage collection: kind=unreferenced (no index entry names them) or orphan (no commit named them)."
+    );
+    describe_counter!(
+        LOG_COMPACTION_REMOVED,
+        Unit::Count,
+        "Records log compaction removed: reason=superseded (a later record has the key), tombstone (past its delete horizon) or keyless."
+    );
+    describe_histogram!(
+        LOG_COMPACTION_DURATION,
+        Unit::Seconds,
+        "Duration of one log compaction pass over a partition."
     );
     describe_counter!(
         COMPACTION_BYTES,

@@ -8,41 +8,15 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use kafka_protocol::records::RecordBatchDecoder;
 use proptest::prelude::*;
-use streamhouse_agent::{Agent, AgentConfig};
+use streamhouse_agent::Agent;
 use streamhouse_metadata::{Offset, TopicPartition};
-use streamhouse_storage::ObjectStorage;
 
-struct Setup {
-    dir: tempfile::TempDir,
-}
-
-impl Setup {
-    fn new() -> Setup {
-        Setup {
-            dir: tempfile::tempdir().unwrap(),
-        }
-    }
-
-    /// An agent on this setup's store and directory, compaction and GC run by hand.
-    async fn agent(&self, tune: impl FnOnce(&mut AgentConfig)) -> Arc<Agent> {
-        let url = format!("sqlite://{}/metadata.db", self.dir.path().display());
-        let metadata = streamhouse_metadata::open(&url).await.unwrap();
-        let objects = format!("file://{}/objects", self.dir.path().display());
-        let storage = ObjectStorage::open(&objects, 0).unwrap();
-        let mut config = AgentConfig::for_tests("a", "127.0.0.1:9092");
-        config.compaction_window = Duration::ZERO;
-        config.gc_grace = Duration::ZERO;
-        config.orphan_grace = Duration::from_secs(3600);
-        tune(&mut config);
-        Agent::start(config, metadata, storage).await.unwrap()
-    }
-}
+mod common;
+use common::{decode, read_bytes, Setup};
 
 /// Objects in the object store.
 async fn object_count(agent: &Agent) -> usize {
@@ -61,45 +35,6 @@ async fn entry_count(agent: &Agent, tp: &TopicPartition) -> usize {
 
 fn gets(agent: &Agent) -> u64 {
     agent.storage().stats().gets.load(Ordering::Relaxed)
-}
-
-/// Reads `tp` from `from` to its high watermark, 1 MiB per read as a consumer would; returns
-/// the bytes of every batch read, in order.
-async fn read_bytes(agent: &Agent, tp: &TopicPartition, from: Offset) -> Vec<Bytes> {
-    let mut out = Vec::new();
-    let mut next = from;
-    loop {
-        let read = agent.read(tp, next, 1 << 20, true).await.unwrap();
-        if read.records.is_empty() {
-            assert_eq!(next, read.high_watermark, "read stopped short");
-            return out;
-        }
-        let last = read
-            .records
-            .iter()
-            .flat_map(|b| streamhouse_storage::batch::walk(b))
-            .map(|s| s.header.last_offset())
-            .max()
-            .unwrap();
-        next = Offset(last + 1);
-        out.extend(read.records);
-    }
-}
-
-/// Every record (offset, value) in fetched bytes, from `from` on.
-fn decode(parts: &[Bytes], from: Offset) -> Vec<(i64, Vec<u8>)> {
-    let mut out = Vec::new();
-    for part in parts {
-        let mut buf = part.clone();
-        for set in RecordBatchDecoder::decode_all(&mut buf).unwrap() {
-            for r in set.records {
-                if r.offset >= from.0 {
-                    out.push((r.offset, r.value.unwrap().to_vec()));
-                }
-            }
-        }
-    }
-    out
 }
 
 /// Appends one batch of `values` to `tp` (not flushed); resolves to its base offset.
@@ -385,12 +320,7 @@ struct Model {
 
 async fn run_ops(ops: Vec<Op>) -> Result<(), TestCaseError> {
     let setup = Setup::new();
-    let agent = setup
-        .agent(|c| {
-            c.compaction_entry_bytes = 300;
-            c.compaction_target_bytes = 2000;
-        })
-        .await;
+    let agent = setup.small_objects_agent(300, 2000).await;
     agent.create_topic("p", 2, &BTreeMap::new()).await.unwrap();
     let tps = [TopicPartition::new("p", 0), TopicPartition::new("p", 1)];
     let mut models = [Model::default(), Model::default()];

@@ -24,7 +24,7 @@ use crate::error::{is_metadata_error, is_retriable_code, ClientError};
 use crate::group::{
     find_coordinator, needs_rejoin, offset_commit, offset_fetch, GroupSettings, Membership,
 };
-use crate::records::{decode_fetched, ConsumedRecord};
+use crate::records::{batches_end, decode_fetched, ConsumedRecord};
 
 /// Fetch versions this client builds: v13 names topics by id, which we do not track.
 const FETCH_VERSIONS: VersionRange = VersionRange { min: 4, max: 12 };
@@ -152,7 +152,9 @@ impl std::fmt::Debug for Consumer {
 struct PartitionResult {
     topic: String,
     partition: i32,
-    outcome: Result<(Vec<ConsumedRecord>, i64), ClientError>,
+    /// The records, the offset after the last whole batch (past records log compaction
+    /// removed from its end), and the high watermark.
+    outcome: Result<(Vec<ConsumedRecord>, Option<i64>, i64), ClientError>,
 }
 
 impl Consumer {
@@ -766,7 +768,7 @@ impl Consumer {
             };
             for r in results {
                 match r.outcome {
-                    Ok((records, high_watermark)) => {
+                    Ok((records, end, high_watermark)) => {
                         let Some(st) = self
                             .assignment
                             .get_mut(&r.topic)
@@ -782,6 +784,11 @@ impl Consumer {
                             }
                             st.position = rec.offset.saturating_add(1);
                             out.push(rec);
+                        }
+                        // A compacted batch may end past its last record: continue after it,
+                        // as Kafka's consumers do, not inside it.
+                        if let Some(end) = end {
+                            st.position = st.position.max(end);
                         }
                     }
                     Err(e) => {
@@ -862,9 +869,12 @@ async fn fetch_from(
                 ))
             } else {
                 match p.records {
-                    Some(bytes) => decode_fetched(&topic, p.partition_index, bytes)
-                        .map(|recs| (recs, p.high_watermark)),
-                    None => Ok((Vec::new(), p.high_watermark)),
+                    Some(bytes) => {
+                        let end = batches_end(&bytes);
+                        decode_fetched(&topic, p.partition_index, bytes)
+                            .map(|recs| (recs, end, p.high_watermark))
+                    }
+                    None => Ok((Vec::new(), None, p.high_watermark)),
                 }
             };
             results.push(PartitionResult {

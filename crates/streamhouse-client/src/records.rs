@@ -15,6 +15,8 @@ use crate::error::{boxed, ClientError};
 const ATTRIBUTES_OFFSET: usize = 21;
 /// Offset of the magic byte within a batch.
 const MAGIC_OFFSET: usize = 16;
+/// Offset of the last offset delta: right after the attributes (2).
+const LAST_OFFSET_DELTA_OFFSET: usize = 23;
 /// Offset of the record count: after attributes (2), last offset delta (4), first and max
 /// timestamp (8 + 8), producer id (8), producer epoch (2) and base sequence (4).
 const RECORD_COUNT_OFFSET: usize = 57;
@@ -149,6 +151,27 @@ fn compression_name(bits: i16) -> String {
     }
 }
 
+/// The offset after the last whole batch of fetched bytes (its base offset + last offset
+/// delta + 1), from the headers alone: where a consumer continues, even when log compaction
+/// removed the batch's last records. `None` without a whole batch.
+pub fn batches_end(data: &[u8]) -> Option<i64> {
+    let mut at = 0;
+    let mut end = None;
+    while data.len().saturating_sub(at) >= RECORD_COUNT_OFFSET + 4 {
+        let field = |from: usize, n: usize| data.get(at + from..at + from + n);
+        let base = i64::from_be_bytes(field(0, 8)?.try_into().ok()?);
+        let len = usize::try_from(i32::from_be_bytes(field(8, 4)?.try_into().ok()?)).ok()?;
+        let total = len.checked_add(BATCH_LOG_OVERHEAD)?;
+        if data.len() - at < total {
+            break;
+        }
+        let delta = i32::from_be_bytes(field(LAST_OFFSET_DELTA_OFFSET, 4)?.try_into().ok()?);
+        end = Some(base.saturating_add(i64::from(delta)).saturating_add(1));
+        at += total;
+    }
+    end
+}
+
 /// Decodes the record batches of one fetched partition into consumer records.
 ///
 /// A fetch response may end with a partial batch (the broker cuts at the size limit);
@@ -264,6 +287,24 @@ mod tests {
         assert_eq!(infos[0].base_sequence, -1);
         assert_eq!(infos[0].producer_id, -1);
         assert_eq!(infos[0].min_offset, 0);
+    }
+
+    #[test]
+    fn batches_end_is_past_the_last_whole_batch_even_past_its_last_record() {
+        let a = rebase(&encode_batch(&sample(3)).expect("encode"), 100);
+        let mut b = BytesMut::from(&rebase(&encode_batch(&sample(2)).expect("encode"), 103)[..]);
+        // As log compaction leaves it: the batch ends 5 offsets on, its records end sooner.
+        b[LAST_OFFSET_DELTA_OFFSET..LAST_OFFSET_DELTA_OFFSET + 4]
+            .copy_from_slice(&4i32.to_be_bytes());
+        let mut data = BytesMut::new();
+        data.put_slice(&a);
+        assert_eq!(batches_end(&data), Some(103));
+        data.put_slice(&b);
+        assert_eq!(batches_end(&data), Some(108));
+        data.put_slice(&a[..a.len() / 2]); // a partial batch does not count
+        assert_eq!(batches_end(&data), Some(108));
+        assert_eq!(batches_end(&a[..40]), None);
+        assert_eq!(batches_end(&[]), None);
     }
 
     #[test]

@@ -127,7 +127,9 @@ impl From<AgentError> for ApiError {
             AgentError::TopicAlreadyExists { topic } => ApiError::TopicExists { topic },
             AgentError::MessageTooLarge { .. } => ApiError::RecordTooLarge(message),
             AgentError::OffsetOutOfRange { .. } => ApiError::OffsetOutOfRange(message),
-            AgentError::Corrupt { .. } => ApiError::BadRequest(message),
+            AgentError::Corrupt { .. } | AgentError::InvalidRecord { .. } => {
+                ApiError::BadRequest(message)
+            }
             e if e.is_retriable() => ApiError::Unavailable(message),
             _ => ApiError::Internal(message),
         }

@@ -18,6 +18,7 @@ pub fn error_code(e: &AgentError) -> ResponseError {
         AgentError::FencedLeaderEpoch { .. } => ResponseError::FencedLeaderEpoch,
         AgentError::UnknownLeaderEpoch { .. } => ResponseError::UnknownLeaderEpoch,
         AgentError::Corrupt { .. } => ResponseError::CorruptMessage,
+        AgentError::InvalidRecord { .. } => ResponseError::InvalidRecord,
         AgentError::OffsetOutOfRange { .. } => ResponseError::OffsetOutOfRange,
         AgentError::InvalidTopic { .. } => ResponseError::InvalidTopicException,
         AgentError::TopicAlreadyExists { .. } => ResponseError::TopicAlreadyExists,

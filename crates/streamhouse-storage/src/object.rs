@@ -77,6 +77,11 @@ impl ObjectBuilder {
         self.chunks.is_empty()
     }
 
+    /// Chunks added so far.
+    pub fn chunk_count(&self) -> usize {
+        self.chunks.len()
+    }
+
     /// The object's bytes and where each chunk is.
     pub fn finish(mut self) -> (Bytes, Vec<ChunkLocation>) {
         let footer_start = self.data.len();

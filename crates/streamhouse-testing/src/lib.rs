@@ -270,6 +270,20 @@ pub fn compressed_record_batch(
     timestamp: i64,
     compression: Compression,
 ) -> Bytes {
+    let records: Vec<_> = records.iter().map(|(k, v)| (*k, Some(*v))).collect();
+    encode_batch(&records, timestamp, compression, None)
+}
+
+/// A record to encode: its key and value, either of which may be null.
+pub type KeyValue<'a> = (Option<&'a [u8]>, Option<&'a [u8]>);
+
+/// A RecordBatch v2 of (key, value) records where a value may be null (a tombstone),
+/// compressed with `compression`; record `i` has timestamp `timestamp + i`.
+pub fn keyed_record_batch(
+    records: &[KeyValue<'_>],
+    timestamp: i64,
+    compression: Compression,
+) -> Bytes {
     encode_batch(records, timestamp, compression, None)
 }
 
@@ -282,8 +296,9 @@ pub fn idempotent_record_batch(
     producer_epoch: i16,
     base_sequence: i32,
 ) -> Bytes {
+    let records: Vec<_> = records.iter().map(|(k, v)| (*k, Some(*v))).collect();
     encode_batch(
-        records,
+        &records,
         timestamp,
         Compression::None,
         Some((producer_id, producer_epoch, base_sequence)),
@@ -292,7 +307,7 @@ pub fn idempotent_record_batch(
 
 /// Encodes one batch; `producer` is (id, epoch, base sequence) for idempotent batches.
 fn encode_batch(
-    records: &[(Option<&[u8]>, &[u8])],
+    records: &[KeyValue<'_>],
     timestamp: i64,
     compression: Compression,
     producer: Option<(i64, i16, i32)>,
@@ -317,7 +332,7 @@ fn encode_batch(
                 sequence: base_sequence.wrapping_add(i),
                 timestamp: timestamp + i64::from(i),
                 key: key.map(Bytes::copy_from_slice),
-                value: Some(Bytes::copy_from_slice(value)),
+                value: value.map(Bytes::copy_from_slice),
                 headers: Default::default(),
             }
         })
