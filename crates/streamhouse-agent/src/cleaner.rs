@@ -262,6 +262,7 @@ impl Agent {
         if !self.swap_run(tp, &mut run, &mut stats).await? {
             return Ok(stats);
         }
+        crate::failpoints::crash_point("log-compaction-before-checkpoint");
         if let Some(clean_end) = clean_end {
             self.metadata.advance_clean_offset(tp, clean_end).await?;
         }

@@ -4,7 +4,9 @@
 //! the variable every point is a lookup that finds nothing.
 //!
 //! The points (each between two steps whose order the crash-safety argument relies on):
-//! `compaction-before-put`, `compaction-after-put`, `compaction-after-swap`,
+//! `compaction-before-put`, `compaction-after-put`, `compaction-after-swap` (object and log
+//! compaction alike), `log-compaction-before-checkpoint` (a log compaction pass swapped its
+//! runs in, its checkpoint did not move yet),
 //! `gc-after-delete` (objects deleted, not yet forgotten), `gc-after-orphan-claim`
 //! (tombstones recorded, orphans not yet deleted).
 

@@ -16,6 +16,9 @@ use streamhouse_testing::{files_under, read_everything, temp_dir, ServerProcess}
 
 const BIN: &str = env!("CARGO_BIN_EXE_streamhouse");
 const TOPIC: &str = "crashy";
+/// A compacted topic (`cleanup.policy=compact`), written with 40 keys.
+const KEYED: &str = "keyed";
+const KEYS: usize = 40;
 const PARTITIONS: i32 = 2;
 
 /// Compaction and garbage collection every 200 ms, with nothing to wait for but a 1 s
@@ -38,17 +41,28 @@ const FLAGS: &[&str] = &[
 ];
 
 async fn create_topic(server: &ServerProcess) {
-    Admin::connect(&server.kafka_addr)
-        .await
-        .unwrap()
-        .create_topic(TOPIC, PARTITIONS, &[])
+    let admin = Admin::connect(&server.kafka_addr).await.unwrap();
+    admin.create_topic(TOPIC, PARTITIONS, &[]).await.unwrap();
+    let compact = [
+        ("cleanup.policy".to_string(), "compact".to_string()),
+        ("min.cleanable.dirty.ratio".to_string(), "0".to_string()),
+    ];
+    admin
+        .create_topic(KEYED, PARTITIONS, &compact)
         .await
         .unwrap();
 }
 
-/// Produces `count` records in waves (many small flushes); returns what was acknowledged,
-/// by (partition, offset). Sends fail once the server is gone; those are not acknowledged.
-async fn produce(addr: &str, from: usize, count: usize) -> HashMap<(i32, i64), Bytes> {
+/// Produces `count` records to `topic` in waves (many small flushes); returns what was
+/// acknowledged, by (partition, offset). Records of the compacted topic have the key
+/// `k<i mod 40>` and the value `k<i mod 40>:<i>`. Sends fail once the server is gone; those
+/// are not acknowledged.
+async fn produce_to(
+    topic: &str,
+    addr: &str,
+    from: usize,
+    count: usize,
+) -> HashMap<(i32, i64), Bytes> {
     let producer = Producer::new(
         addr,
         ProducerConfig {
@@ -64,11 +78,14 @@ async fn produce(addr: &str, from: usize, count: usize) -> HashMap<(i32, i64), B
     for wave in (from..from + count).collect::<Vec<_>>().chunks(50) {
         let mut handles = Vec::new();
         for i in wave {
-            let value = Bytes::from(format!("record-{i:06}"));
-            match producer
-                .send(ProducerRecord::new(TOPIC, value.clone()))
-                .await
-            {
+            let record = if topic == KEYED {
+                let key = format!("k{}", i % KEYS);
+                ProducerRecord::new(topic, format!("{key}:{i}")).with_key(key)
+            } else {
+                ProducerRecord::new(topic, format!("record-{i:06}"))
+            };
+            let value = record.value.clone().unwrap_or_default();
+            match producer.send(record).await {
                 Ok(h) => handles.push((h, value)),
                 Err(_) => return acked,
             }
@@ -83,6 +100,73 @@ async fn produce(addr: &str, from: usize, count: usize) -> HashMap<(i32, i64), B
         }
     }
     acked
+}
+
+async fn produce(addr: &str, from: usize, count: usize) -> HashMap<(i32, i64), Bytes> {
+    produce_to(TOPIC, addr, from, count).await
+}
+
+/// The key of a record of the compacted topic (its value starts with it).
+fn key_of(value: &Bytes) -> &[u8] {
+    value.split(|b| *b == b':').next().unwrap_or_default()
+}
+
+/// Log compaction lost nothing it should keep: every acknowledged record of the compacted
+/// topic is stored at its offset unless a later record of its key is; every stored record
+/// was produced at that offset or committed unacknowledged by a killed server; and, once
+/// compaction has caught up, each key is stored once per partition.
+async fn check_compacted(server: &ServerProcess, acked: &HashMap<(i32, i64), Bytes>) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut markers = 0;
+    loop {
+        let stored = read_everything(&server.kafka_addr, KEYED, PARTITIONS).await;
+        let mut latest: HashMap<(i32, &[u8]), i64> = HashMap::new();
+        for ((p, o), v) in stored.iter().chain(acked) {
+            let at = latest.entry((*p, key_of(v))).or_insert(*o);
+            *at = (*at).max(*o);
+        }
+        for ((p, o), v) in acked {
+            match stored.get(&(*p, *o)) {
+                Some(s) => assert_eq!(s, v, "the record at {p}/{o} changed"),
+                None => assert!(
+                    latest[&(*p, key_of(v))] > *o,
+                    "acknowledged {v:?} at {p}/{o} is gone, and no later record has its key"
+                ),
+            }
+        }
+        let mut keys = HashMap::new();
+        for ((p, _), v) in &stored {
+            *keys.entry((*p, key_of(v))).or_insert(0) += 1;
+        }
+        if keys.values().all(|n| *n == 1) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "after 30 s keys are still stored more than once: {} records for {} keys",
+            stored.len(),
+            keys.len()
+        );
+        // The newest entry of a partition is not compacted: write another to each, of a key
+        // of its own, to move past it.
+        markers += 1;
+        let producer = Producer::new(&server.kafka_addr, ProducerConfig::default())
+            .await
+            .unwrap();
+        for p in 0..PARTITIONS {
+            let key = format!("marker-{markers}-{p}");
+            let mut record = ProducerRecord::new(KEYED, format!("{key}:")).with_key(key);
+            record.partition = Some(p);
+            producer
+                .send(record)
+                .await
+                .unwrap()
+                .wait_offset()
+                .await
+                .unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
 }
 
 /// Every object file in the data dir (staging files of an interrupted local write, named
@@ -106,10 +190,12 @@ async fn named_objects(dir: &Path) -> BTreeSet<String> {
     let url = format!("sqlite://{}/metadata.db", dir.display());
     let store = streamhouse_metadata::open(&url).await.unwrap();
     let mut named = BTreeSet::new();
-    for p in 0..PARTITIONS {
-        let tp = TopicPartition::new(TOPIC, p);
-        for e in store.find_entries(&tp, Offset(0), 1_000_000).await.unwrap() {
-            named.insert(e.object_key);
+    for topic in [TOPIC, KEYED] {
+        for p in 0..PARTITIONS {
+            let tp = TopicPartition::new(topic, p);
+            for e in store.find_entries(&tp, Offset(0), 1_000_000).await.unwrap() {
+                named.insert(e.object_key);
+            }
         }
     }
     named
@@ -217,6 +303,27 @@ async fn a_crash_between_tombstoning_and_deleting_orphans_is_finished_later() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_between_log_compaction_swaps_and_its_checkpoint_loses_nothing() {
+    let dir = temp_dir();
+    let armed = "log-compaction-before-checkpoint=return";
+    let mut server =
+        ServerProcess::start_with_env(Path::new(BIN), dir.path(), FLAGS, &[("FAILPOINTS", armed)]);
+    create_topic(&server).await;
+    let mut acked = produce_to(KEYED, &server.kafka_addr, 0, 3000).await;
+    assert!(
+        server.wait_exit(Duration::from_secs(20)),
+        "the server did not reach the failpoint"
+    );
+    assert!(server
+        .log()
+        .contains("failpoint log-compaction-before-checkpoint"));
+    server.restart_with(FLAGS, &[]);
+    acked.extend(produce_to(KEYED, &server.kafka_addr, 10_000, 500).await);
+    check_compacted(&server, &acked).await;
+    wait_no_garbage(dir.path()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_at_random_moments_of_compaction_and_gc_loses_nothing() {
     let dir = temp_dir();
     let mut server = ServerProcess::start(Path::new(BIN), dir.path(), FLAGS);
@@ -225,8 +332,10 @@ async fn kill_9_at_random_moments_of_compaction_and_gc_loses_nothing() {
     // Pseudo-random kill delays from a fixed seed (reproducible), 50 to 650 ms into the
     // compaction and garbage collection passes that the produced data keeps busy.
     let mut seed: u64 = 0x5eed_1234;
+    let mut keyed = HashMap::new();
     for round in 0..6 {
         acked.extend(produce(&server.kafka_addr, round * 1000, 800).await);
+        keyed.extend(produce_to(KEYED, &server.kafka_addr, round * 1000, 400).await);
         seed = seed
             .wrapping_mul(6364136223846793005)
             .wrapping_add(1442695040888963407);
@@ -242,5 +351,10 @@ async fn kill_9_at_random_moments_of_compaction_and_gc_loses_nothing() {
     let passes = log.matches("compaction pass done").count();
     eprintln!("compaction passes that merged something: {passes}");
     assert!(passes > 0, "compaction never ran:\n{log}");
+    assert!(
+        log.contains("log compaction pass done"),
+        "log compaction never ran:\n{log}"
+    );
     check_acked(&server, &acked).await;
+    check_compacted(&server, &keyed).await;
 }
