@@ -18,10 +18,21 @@
 //! - A crash at any point leaves either the old entries (the new object is an orphan for
 //!   garbage collection) or the new ones (the old objects are garbage).
 //!
-//! A run of small entries is merged once it holds `compaction_target_bytes`, once a larger
-//! entry or an epoch change ends it (it cannot grow any more), or once its oldest entry was
-//! committed `compaction_window` ago; so a quiet partition still ends up with one object per
-//! window instead of one per flush, and a busy one with objects of the target size.
+//! Two kinds of runs are merged, never mixed:
+//! - *small* entries (under `compaction_entry_bytes`: flush slices) into objects of up to
+//!   `compaction_target_bytes` or [`MAX_RUN_ENTRIES`] entries, whichever comes first (a
+//!   swap's transaction holds SQLite's writer lock, or on PostgreSQL the partition's row
+//!   lock, which the flushes' commits wait for: at most that many entries keep it short);
+//! - *medium* entries (larger, in an object under half the target: large flush slices, or
+//!   the objects small runs became) into objects of up to the target size.
+//!
+//! Entries in objects of at least half the target are left alone. A run is merged once it
+//! cannot grow any more (it is full, or an entry of another kind or another epoch follows;
+//! small entries after a medium run only end it once it holds half the target, since they
+//! become medium entries themselves) or once its oldest entry was committed
+//! `compaction_window` ago, and only if it spans several objects. So a quiet partition still ends up with one object per window instead of
+//! one per flush, a busy one with objects of the target size, and each byte is rewritten at
+//! most twice.
 //!
 //! [`MetadataStore::replace_entries`]: streamhouse_metadata::MetadataStore::replace_entries
 
@@ -43,8 +54,9 @@ use crate::stats;
 
 /// Index entries looked up at a time while planning.
 const ENTRIES_PER_LOOKUP: usize = 1000;
-/// Most entries one swap replaces (keeps each swap transaction short).
-const MAX_RUN_ENTRIES: usize = 20_000;
+/// Most entries one swap replaces: keeps each swap transaction (and the commits waiting for
+/// it) short.
+pub(crate) const MAX_RUN_ENTRIES: usize = 2_000;
 /// Slices read at once while merging.
 const READ_CONCURRENCY: usize = 16;
 
@@ -73,22 +85,58 @@ impl CompactionStats {
     }
 }
 
-/// A run of consecutive small entries of one partition, under one epoch.
-#[derive(Debug, Default)]
+/// What object compaction does with an index entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// A slice under `compaction_entry_bytes`: merged into a per-partition object.
+    Small,
+    /// A larger slice in an object under half the target size: merged into one of about the
+    /// target size.
+    Medium,
+    /// In an object of at least half the target size: left alone.
+    Large,
+}
+
+fn kind(e: &StoredEntry, small: u64, target: u64) -> Kind {
+    if e.entry.byte_len < small {
+        Kind::Small
+    } else if e.object_bytes < target / 2 {
+        Kind::Medium
+    } else {
+        Kind::Large
+    }
+}
+
+/// A run of consecutive entries of one kind of one partition, under one epoch.
+#[derive(Debug)]
 struct Run {
+    kind: Kind,
     entries: Vec<StoredEntry>,
     bytes: u64,
 }
 
 impl Run {
-    fn can_take(&self, e: &StoredEntry, target: u64) -> bool {
+    fn new(kind: Kind) -> Run {
+        Run {
+            kind,
+            entries: Vec::new(),
+            bytes: 0,
+        }
+    }
+
+    fn can_take(&self, e: &StoredEntry, kind: Kind, target: u64) -> bool {
+        let max_entries = match self.kind {
+            Kind::Small => MAX_RUN_ENTRIES,
+            _ => usize::MAX,
+        };
         match self.entries.last() {
-            None => true,
+            None => self.kind == kind,
             Some(last) => {
-                last.leader_epoch == e.leader_epoch
+                self.kind == kind
+                    && last.leader_epoch == e.leader_epoch
                     && last.entry.end_offset == e.entry.base_offset
                     && self.bytes + e.entry.byte_len <= target
-                    && self.entries.len() < MAX_RUN_ENTRIES
+                    && self.entries.len() < max_entries
             }
         }
     }
@@ -98,12 +146,24 @@ impl Run {
         self.entries.push(e);
     }
 
-    fn oldest_commit_ms(&self) -> i64 {
-        self.entries
+    /// Whether merging the run makes fewer objects: it spans more than one.
+    fn worth_merging(&self) -> bool {
+        self.entries.first().is_some_and(|first| {
+            self.entries
+                .iter()
+                .any(|e| e.entry.object_key != first.entry.object_key)
+        })
+    }
+
+    /// Whether the run's oldest entry was committed at least `window_ms` ago.
+    fn older_than(&self, window_ms: i64) -> bool {
+        let oldest = self
+            .entries
             .iter()
             .map(|e| e.committed_at_ms)
             .min()
-            .unwrap_or(i64::MAX)
+            .unwrap_or(i64::MAX);
+        now_ms().saturating_sub(oldest) >= window_ms
     }
 }
 
@@ -130,7 +190,8 @@ impl Agent {
         Ok(total)
     }
 
-    /// Compacts one partition: finds its runs of small entries and merges the ripe ones.
+    /// Compacts one partition: finds its runs of small and medium entries and merges the
+    /// ripe ones.
     pub async fn compact_partition(
         &self,
         tp: &TopicPartition,
@@ -141,7 +202,7 @@ impl Agent {
             i64::try_from(self.config.compaction_window.as_millis()).unwrap_or(i64::MAX);
         let (_, log_start_offset) = self.partition_offsets(tp).await?;
         let mut stats = CompactionStats::default();
-        let mut run = Run::default();
+        let mut run = Run::new(Kind::Large);
         let mut position = log_start_offset;
         loop {
             let entries = self
@@ -151,20 +212,26 @@ impl Agent {
             let Some(last) = entries.last() else { break };
             position = last.entry.end_offset;
             for e in entries {
-                if !run.can_take(&e, target) || e.entry.byte_len >= small {
-                    // The run cannot grow any more: merge it if it is worth a swap.
-                    let full = std::mem::take(&mut run);
-                    if full.entries.len() > 1 {
-                        stats.add(self.merge_run(tp, full).await?);
+                let kind = kind(&e, small, target);
+                if !run.can_take(&e, kind, target) {
+                    let ended = std::mem::replace(&mut run, Run::new(kind));
+                    // A run that cannot grow any more is merged now. But medium entries
+                    // followed by small ones are where the log's end was: those small
+                    // entries become medium ones too, so the run waits for them (until it
+                    // is large enough to be left alone after, or old enough).
+                    let waits = ended.kind == Kind::Medium
+                        && kind == Kind::Small
+                        && ended.bytes < target / 2
+                        && !ended.older_than(window_ms);
+                    if ended.kind != Kind::Large && ended.worth_merging() && !waits {
+                        stats.add(self.merge_run(tp, ended).await?);
                     }
                 }
-                if e.entry.byte_len < small {
-                    run.push(e);
-                }
+                run.push(e);
             }
         }
         // The run at the end of the log may still grow: merge it only once it is old enough.
-        if run.entries.len() > 1 && now_ms().saturating_sub(run.oldest_commit_ms()) >= window_ms {
+        if run.kind != Kind::Large && run.worth_merging() && run.older_than(window_ms) {
             stats.add(self.merge_run(tp, run).await?);
         }
         Ok(stats)
@@ -267,10 +334,13 @@ impl Agent {
                 },
                 leader_epoch: *epoch,
                 committed_at_ms: 0,
+                object_bytes: 0,
             })
             .collect();
         crate::failpoints::crash_point("compaction-before-put");
+        let put_started = Instant::now();
         storage.put_new_uncached(&key, object).await?;
+        let put_elapsed = put_started.elapsed();
         crate::failpoints::crash_point("compaction-after-put");
         let record = ObjectRecord {
             key: key.clone(),
@@ -279,7 +349,10 @@ impl Agent {
         };
         // An error here leaves the swap's outcome unknown: the object stays for garbage
         // collection, which deletes it only if no commit recorded it.
+        let swap_started = Instant::now();
         let swap = self.metadata.replace_entries(&record, old, &new).await?;
+        debug!(%tp, object = %key, bytes = size, entries_in = old.len(), entries_out = new.len(),
+               put = ?put_elapsed, swap = ?swap_started.elapsed(), "object written and swapped");
         crate::failpoints::crash_point("compaction-after-swap");
         if swap == Swap::Changed {
             info!(%tp, object = %key, "the index changed under a compaction; its object is deleted");

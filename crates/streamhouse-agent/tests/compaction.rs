@@ -147,7 +147,8 @@ async fn young_short_runs_wait_for_the_window_and_large_entries_stay() {
         done.await.unwrap().unwrap();
     }
     // The three small entries before the large one can never grow: merged now. The two at
-    // the end are younger than the window: left alone; the large one too.
+    // the end are younger than the window: left alone; the larger one, alone in its object,
+    // too.
     let done = agent.compact().await.unwrap();
     assert_eq!(
         (done.objects, done.entries_in, done.entries_out),
@@ -168,6 +169,55 @@ async fn young_short_runs_wait_for_the_window_and_large_entries_stay() {
     let before = decode(&read_bytes(&agent, &tp, Offset(0)).await, Offset(0));
     assert_eq!(before.len(), 706);
     assert!(before.iter().enumerate().all(|(i, (o, _))| *o == i as i64));
+}
+
+#[tokio::test]
+async fn small_runs_become_medium_objects_and_medium_runs_become_large_ones_once() {
+    let setup = Setup::new();
+    // Entries under 1 KiB are small; objects of 8 KiB (half the target) or more are left
+    // alone.
+    let agent = setup
+        .agent(|c| {
+            c.compaction_window = Duration::from_secs(3600);
+            c.compaction_entry_bytes = 1024;
+            c.compaction_target_bytes = 16 << 10;
+        })
+        .await;
+    agent.create_topic("m", 1, &BTreeMap::new()).await.unwrap();
+    let tp = TopicPartition::new("m", 0);
+    let small: Vec<Vec<u8>> = vec![b"s".repeat(300)];
+    let medium: Vec<Vec<u8>> = vec![b"m".repeat(5000)];
+    let mut plan = vec![&small; 12];
+    plan.push(&medium);
+    plan.extend(vec![&small; 12]);
+    for values in plan {
+        let done = append(&agent, &tp, values).await;
+        agent.flush().await;
+        done.await.unwrap().unwrap();
+    }
+    let before = read_bytes(&agent, &tp, Offset(0)).await;
+    // The small run before the medium entry cannot grow: it becomes one object of entries
+    // of about 1 KiB (medium ones). The small run at the end is young: it waits.
+    let first = agent.compact().await.unwrap();
+    assert_eq!((first.objects, first.entries_in), (1, 12), "{first:?}");
+    // That object and the medium entry (two objects, over half the target) follow each other
+    // and are followed by small entries: merged into one large object.
+    let second = agent.compact().await.unwrap();
+    assert_eq!(second.objects, 1, "{second:?}");
+    assert_eq!(second.entries_in, first.entries_out + 1, "{second:?}");
+    // Large objects stay; the young small run still waits.
+    assert_eq!(agent.compact().await.unwrap().objects, 0);
+    let stored = agent
+        .metadata()
+        .find_stored_entries(&tp, Offset(0), 100)
+        .await
+        .unwrap();
+    assert!(stored[0].object_bytes >= 8 << 10, "{:?}", stored[0]);
+    assert_eq!(stored.len(), second.entries_out + 12);
+    assert_eq!(
+        read_bytes(&agent, &tp, Offset(0)).await.concat(),
+        before.concat()
+    );
 }
 
 #[tokio::test]

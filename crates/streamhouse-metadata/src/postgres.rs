@@ -844,7 +844,7 @@ impl MetadataStore for PostgresStore {
     ) -> Result<Vec<StoredEntry>> {
         let rows = sqlx::query(
             "SELECT e.base_offset, e.end_offset, e.object_key, e.byte_start, e.byte_len, \
-             e.max_timestamp, e.leader_epoch, o.created_at_ms FROM index_entries e \
+             e.max_timestamp, e.leader_epoch, o.created_at_ms, o.size_bytes FROM index_entries e \
              JOIN objects o ON o.object_key = e.object_key \
              WHERE e.topic = $1 AND e.partition_id = $2 AND e.end_offset > $3 \
              ORDER BY e.end_offset LIMIT $4",
@@ -862,6 +862,7 @@ impl MetadataStore for PostgresStore {
                     entry: entry_from_row(tp, row)?,
                     leader_epoch: LeaseEpoch(get(row, "leader_epoch")?),
                     committed_at_ms: get(row, "created_at_ms")?,
+                    object_bytes: u64::try_from(get::<i64>(row, "size_bytes")?).unwrap_or(0),
                 })
             })
             .collect()

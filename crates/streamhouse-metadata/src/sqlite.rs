@@ -650,7 +650,7 @@ impl MetadataStore for SqliteStore {
     ) -> Result<Vec<StoredEntry>> {
         let rows = sqlx::query(
             "SELECT e.base_offset, e.end_offset, e.object_key, e.byte_start, e.byte_len, \
-             e.max_timestamp, e.leader_epoch, o.created_at_ms FROM index_entries e \
+             e.max_timestamp, e.leader_epoch, o.created_at_ms, o.size_bytes FROM index_entries e \
              JOIN objects o ON o.object_key = e.object_key \
              WHERE e.topic = ? AND e.partition_id = ? AND e.end_offset > ? \
              ORDER BY e.end_offset LIMIT ?",
@@ -668,6 +668,7 @@ impl MetadataStore for SqliteStore {
                     entry: entry_from_row(tp, row)?,
                     leader_epoch: LeaseEpoch(row.get("leader_epoch")),
                     committed_at_ms: row.get("created_at_ms"),
+                    object_bytes: u64::try_from(row.get::<i64, _>("size_bytes")).unwrap_or(0),
                 })
             })
             .collect()

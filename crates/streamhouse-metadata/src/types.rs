@@ -165,12 +165,15 @@ pub struct ObjectRecord {
 }
 
 /// An index entry as compaction sees it: with the lease epoch it was committed under (kept
-/// by compaction, for OffsetForLeaderEpoch) and when its object was committed (store clock).
+/// by compaction, for OffsetForLeaderEpoch), when its object was committed (store clock) and
+/// how large that object is. The last two are read from the store and ignored when an entry
+/// is written.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredEntry {
     pub entry: IndexEntry,
     pub leader_epoch: LeaseEpoch,
     pub committed_at_ms: i64,
+    pub object_bytes: u64,
 }
 
 /// What a compaction swap ([`crate::MetadataStore::replace_entries`]) did.

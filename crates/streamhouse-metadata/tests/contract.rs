@@ -1103,6 +1103,7 @@ fn swapped(
             },
             leader_epoch: epoch,
             committed_at_ms: 0,
+            object_bytes: 0,
         })
         .collect()
 }
@@ -1131,9 +1132,9 @@ async fn compaction_swaps_entries_only_when_nothing_changed_underneath() {
             .await
             .unwrap();
         assert_eq!(stored.len(), 4);
-        assert!(stored
-            .iter()
-            .all(|s| s.leader_epoch == lease.epoch && s.committed_at_ms > 0));
+        assert!(stored.iter().all(|s| s.leader_epoch == lease.epoch
+            && s.committed_at_ms > 0
+            && s.object_bytes == 10));
         let old: Vec<IndexEntry> = stored[..3].iter().map(|s| s.entry.clone()).collect();
 
         // Malformed swaps are refused before anything is read.
