@@ -208,6 +208,8 @@ pub struct Agent {
     pub(crate) throughput: Throughput,
     /// What compaction did since start, and the time its runs took.
     pub(crate) compacted: Mutex<(crate::compaction::CompactionStats, Duration)>,
+    /// When garbage collection last listed the object store for orphans.
+    pub(crate) orphans_listed: Mutex<Option<Instant>>,
 }
 
 impl std::fmt::Debug for Agent {
@@ -278,6 +280,7 @@ impl Agent {
             ready: AtomicBool::new(false),
             throughput: Throughput::default(),
             compacted: Mutex::default(),
+            orphans_listed: Mutex::default(),
         });
         Ok(agent)
     }

@@ -47,7 +47,7 @@ use streamhouse_storage::ObjectBuilder;
 use tracing::{debug, info};
 
 use crate::agent::{now_ms, Agent};
-use crate::compaction::check_slice;
+use crate::compaction::{check_slice, chunk_bounds};
 use crate::error::AgentError;
 use crate::stats;
 
@@ -316,16 +316,12 @@ impl Agent {
         let mut epochs: Vec<LeaseEpoch> = Vec::new();
         // New entries end where old ones ended, never span two lease epochs, and hold about
         // `entry_bytes` each.
-        let mut from = 0;
-        let mut bytes = 0;
-        for i in 0..run.len() {
-            bytes += run[i].len();
-            let last = i + 1 == run.len();
-            let epoch_ends = !last && run[i + 1].stored.leader_epoch != run[i].stored.leader_epoch;
-            if !(last || epoch_ends || bytes >= entry_bytes) {
-                continue;
-            }
-            let covered = &run[from..=i];
+        let sizes: Vec<(u64, LeaseEpoch)> = run
+            .iter()
+            .map(|f| (f.len(), f.stored.leader_epoch))
+            .collect();
+        for chunk in chunk_bounds(&sizes, entry_bytes) {
+            let covered = &run[chunk];
             let max_timestamp = covered.iter().map(|f| f.max_timestamp).max().unwrap_or(-1);
             builder.add_chunk(
                 tp.clone(),
@@ -337,8 +333,6 @@ impl Agent {
                     .flat_map(|f| f.batches.iter().map(|b| &b[..])),
             );
             epochs.push(covered[0].stored.leader_epoch);
-            from = i + 1;
-            bytes = 0;
         }
         let old: Vec<IndexEntry> = run.into_iter().map(|f| f.stored.entry).collect();
         let (swap, entries_out) = self.write_and_swap(tp, builder, &epochs, &old).await?;

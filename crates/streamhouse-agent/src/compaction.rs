@@ -20,7 +20,7 @@
 //!
 //! Two kinds of runs are merged, never mixed:
 //! - *small* entries (under `compaction_entry_bytes`: flush slices) into objects of up to
-//!   `compaction_target_bytes` or [`MAX_RUN_ENTRIES`] entries, whichever comes first (a
+//!   `compaction_target_bytes` or [`MAX_RUN_ENTRIES`] (500) entries, whichever comes first (a
 //!   swap's transaction holds SQLite's writer lock, or on PostgreSQL the partition's row
 //!   lock, which the flushes' commits wait for: at most that many entries keep it short);
 //! - *medium* entries (larger, in an object under half the target: large flush slices, or
@@ -56,7 +56,7 @@ use crate::stats;
 const ENTRIES_PER_LOOKUP: usize = 1000;
 /// Most entries one swap replaces: keeps each swap transaction (and the commits waiting for
 /// it) short.
-pub(crate) const MAX_RUN_ENTRIES: usize = 2_000;
+pub(crate) const MAX_RUN_ENTRIES: usize = 500;
 /// Slices read at once while merging.
 const READ_CONCURRENCY: usize = 16;
 
@@ -399,14 +399,12 @@ fn build_object(
     }
     let total: u64 = entries.iter().map(|s| s.entry.byte_len).sum();
     let mut builder = ObjectBuilder::with_capacity(usize::try_from(total).unwrap_or(0));
-    let mut from = 0;
-    let mut bytes = 0;
-    for (i, s) in entries.iter().enumerate() {
-        bytes += s.entry.byte_len;
-        if bytes < entry_bytes && i + 1 < entries.len() {
-            continue;
-        }
-        let covered = &entries[from..=i];
+    let sizes: Vec<(u64, LeaseEpoch)> = entries
+        .iter()
+        .map(|s| (s.entry.byte_len, s.leader_epoch))
+        .collect();
+    for chunk in chunk_bounds(&sizes, entry_bytes) {
+        let covered = &entries[chunk.clone()];
         let max_timestamp = covered
             .iter()
             .map(|s| s.entry.max_timestamp)
@@ -415,14 +413,42 @@ fn build_object(
         builder.add_chunk(
             tp.clone(),
             covered[0].entry.base_offset,
-            s.entry.end_offset,
+            covered[covered.len() - 1].entry.end_offset,
             max_timestamp,
-            slices[from..=i].iter().map(|b| &b[..]),
+            slices[chunk].iter().map(|b| &b[..]),
         );
+    }
+    Ok((entries, builder))
+}
+
+/// How a compaction lays consecutive old entries (their byte sizes and lease epochs) out as
+/// new ones: each new entry covers whole old ones, about `entry_bytes` of them, never two
+/// epochs. A short last piece joins the one before it (same epoch), so every entry of a
+/// compacted object of more than one entry holds at least `entry_bytes` and the object counts
+/// as one of medium entries, not small ones, for the next compaction.
+pub(crate) fn chunk_bounds(
+    sizes: &[(u64, LeaseEpoch)],
+    entry_bytes: u64,
+) -> Vec<std::ops::Range<usize>> {
+    let mut chunks: Vec<std::ops::Range<usize>> = Vec::new();
+    let mut from = 0;
+    let mut bytes = 0;
+    for (i, (size, epoch)) in sizes.iter().enumerate() {
+        bytes += size;
+        let last = i + 1 == sizes.len();
+        let epoch_ends = !last && sizes[i + 1].1 != *epoch;
+        if !(last || epoch_ends || bytes >= entry_bytes) {
+            continue;
+        }
+        let short_tail = last && bytes < entry_bytes;
+        match chunks.last_mut() {
+            Some(prev) if short_tail && sizes[prev.start].1 == *epoch => prev.end = i + 1,
+            _ => chunks.push(from..i + 1),
+        }
         from = i + 1;
         bytes = 0;
     }
-    Ok((entries, builder))
+    chunks
 }
 
 /// Checks that a slice read back holds whole batches of its entry's offsets (all of them,
@@ -447,4 +473,21 @@ pub(crate) fn check_slice(entry: &IndexEntry, slice: &[u8]) -> Result<(), AgentE
             entry.base_offset, entry.end_offset, entry.tp, entry.object_key
         ),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunks_cover_whole_entries_within_one_epoch_and_fold_a_short_tail() {
+        let e = |n: i64| LeaseEpoch(n);
+        let sizes = [(40, e(1)), (70, e(1)), (100, e(1)), (10, e(1))];
+        assert_eq!(chunk_bounds(&sizes, 100), vec![0..2, 2..4]);
+        let sizes = [(40, e(1)), (70, e(1)), (30, e(2)), (100, e(2)), (10, e(3))];
+        assert_eq!(chunk_bounds(&sizes, 100), vec![0..2, 2..4, 4..5]);
+        assert_eq!(chunk_bounds(&[(5, e(1))], 100), vec![0..1]);
+        assert_eq!(chunk_bounds(&[(0, e(1)), (0, e(1))], 100), vec![0..2]);
+        assert!(chunk_bounds(&[], 100).is_empty());
+    }
 }

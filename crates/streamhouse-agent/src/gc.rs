@@ -28,7 +28,11 @@ use crate::error::AgentError;
 
 /// The maintenance job's name in the metadata store.
 const GC_JOB: &str = "gc";
-/// Objects handed out, and orphans claimed, per store call.
+/// Objects handed out per call: the store first marks what no index entry names with one scan
+/// over the live objects (under SQLite's writer lock, which the flushes' commits wait for), so
+/// a pass makes one such call rather than one per batch.
+const HAND_OUT: usize = 20_000;
+/// Objects deleted and then forgotten in one transaction, and orphans claimed per call.
 const BATCH: usize = 500;
 /// Deletes in flight at once.
 const DELETE_CONCURRENCY: usize = 16;
@@ -59,19 +63,37 @@ impl Agent {
             ran: true,
             ..GcStats::default()
         };
-        loop {
+        'unreferenced: loop {
             let due = self
                 .metadata
-                .unreferenced_objects(self.config.gc_grace, BATCH)
+                .unreferenced_objects(self.config.gc_grace, HAND_OUT)
                 .await?;
-            let deleted = self.delete_objects(&due).await;
-            crate::failpoints::crash_point("gc-after-delete");
-            self.metadata.forget_objects(&deleted).await?;
-            crate::stats::gc_deleted("unreferenced", deleted.len());
-            stats.unreferenced_deleted += deleted.len();
-            if due.len() < BATCH || deleted.len() < due.len() {
+            for batch in due.chunks(BATCH) {
+                let deleted = self.delete_objects(batch).await;
+                crate::failpoints::crash_point("gc-after-delete");
+                self.metadata.forget_objects(&deleted).await?;
+                crate::stats::gc_deleted("unreferenced", deleted.len());
+                stats.unreferenced_deleted += deleted.len();
+                if deleted.len() < batch.len() {
+                    break 'unreferenced;
+                }
+            }
+            if due.len() < HAND_OUT {
                 break;
             }
+        }
+
+        // Listing the whole store is the expensive part of looking for orphans, and none can
+        // ripen faster than the orphan grace: at most twice per grace period.
+        {
+            let mut listed = self
+                .orphans_listed
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if listed.is_some_and(|at| at.elapsed() < self.config.orphan_grace / 2) {
+                return Ok(stats);
+            }
+            *listed = Some(std::time::Instant::now());
         }
 
         let cutoff = now_ms().saturating_sub(
