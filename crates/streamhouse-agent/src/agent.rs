@@ -648,6 +648,7 @@ impl Agent {
             .sum();
         stats::flush_object(size, record_batches);
 
+        let putting = Instant::now();
         let outcome = match self.storage.put_new(&key, object).await {
             Err(e) => Err((
                 FlushStage::ObjectStore,
@@ -667,6 +668,10 @@ impl Agent {
                     )
                     .await;
                 stats::commit_done(committing.elapsed());
+                if started.elapsed() > Duration::from_millis(30) {
+                    debug!(put = ?committing.duration_since(putting), commit = ?committing.elapsed(),
+                           total = ?started.elapsed(), "slow flush");
+                }
                 committed.map_err(|e| {
                     // The commit may or may not have landed: reload the partitions' high
                     // watermarks before their next flush.

@@ -23,12 +23,14 @@
 //!   `compaction_target_bytes` or [`MAX_RUN_ENTRIES`] (500) entries, whichever comes first (a
 //!   swap's transaction holds SQLite's writer lock, or on PostgreSQL the partition's row
 //!   lock, which the flushes' commits wait for: at most that many entries keep it short);
-//! - *medium* entries (larger, in an object under half the target: large flush slices, or
-//!   the objects small runs became) into objects of up to the target size.
+//! - *medium* entries (larger, in an object under an eighth of the target: large flush slices,
+//!   or the objects short small runs became) into objects of up to the target size.
 //!
-//! Entries in objects of at least half the target are left alone. A run is merged once it
+//! Entries in objects of at least an eighth of the target (8 MiB by default) are left alone:
+//! rewriting them again would cost more disk and store bandwidth, which flushes compete for,
+//! than their fewer objects save. A run is merged once it
 //! cannot grow any more (it is full, or an entry of another kind or another epoch follows;
-//! small entries after a medium run only end it once it holds half the target, since they
+//! small entries after a medium run only end it once it holds an eighth of the target, since they
 //! become medium entries themselves) or once its oldest entry was committed
 //! `compaction_window` ago, and only if it spans several objects. So a quiet partition still ends up with one object per window instead of
 //! one per flush, a busy one with objects of the target size, and each byte is rewritten at
@@ -90,17 +92,17 @@ impl CompactionStats {
 enum Kind {
     /// A slice under `compaction_entry_bytes`: merged into a per-partition object.
     Small,
-    /// A larger slice in an object under half the target size: merged into one of about the
-    /// target size.
+    /// A larger slice in an object under an eighth of the target size: merged into one of
+    /// about the target size.
     Medium,
-    /// In an object of at least half the target size: left alone.
+    /// In an object of at least an eighth of the target size: left alone.
     Large,
 }
 
 fn kind(e: &StoredEntry, small: u64, target: u64) -> Kind {
     if e.entry.byte_len < small {
         Kind::Small
-    } else if e.object_bytes < target / 2 {
+    } else if e.object_bytes < target / 8 {
         Kind::Medium
     } else {
         Kind::Large
@@ -221,7 +223,7 @@ impl Agent {
                     // is large enough to be left alone after, or old enough).
                     let waits = ended.kind == Kind::Medium
                         && kind == Kind::Small
-                        && ended.bytes < target / 2
+                        && ended.bytes < target / 8
                         && !ended.older_than(window_ms);
                     if ended.kind != Kind::Large && ended.worth_merging() && !waits {
                         stats.add(self.merge_run(tp, ended).await?);

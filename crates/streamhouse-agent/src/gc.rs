@@ -33,9 +33,13 @@ const GC_JOB: &str = "gc";
 /// a pass makes one such call rather than one per batch.
 const HAND_OUT: usize = 20_000;
 /// Objects deleted and then forgotten in one transaction, and orphans claimed per call.
-const BATCH: usize = 500;
+const BATCH: usize = 200;
 /// Deletes in flight at once.
-const DELETE_CONCURRENCY: usize = 16;
+const DELETE_CONCURRENCY: usize = 8;
+/// The pause after each batch of unnamed objects: at most 1,000 deletes a second. A flush's
+/// fsync waits for the file system's journal, which a burst of thousands of deletes fills
+/// (on a local disk), so they are spread out: garbage is never urgent.
+const BATCH_PAUSE: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// What one garbage collection pass did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -77,6 +81,7 @@ impl Agent {
                 if deleted.len() < batch.len() {
                     break 'unreferenced;
                 }
+                tokio::time::sleep(BATCH_PAUSE).await;
             }
             if due.len() < HAND_OUT {
                 break;

@@ -436,9 +436,7 @@ impl Agent {
         tokio::join!(
             self.renew_loop(&shutdown),
             self.balance_loop(&shutdown),
-            self.retention_loop(&shutdown),
-            self.compaction_loop(&shutdown),
-            self.gc_loop(&shutdown)
+            self.clone().run_maintenance(shutdown.clone())
         );
     }
 

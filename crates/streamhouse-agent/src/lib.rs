@@ -11,6 +11,7 @@
 //! - `compaction`: merging a partition's small slices into large per-partition objects.
 //! - `cleaner`: log compaction (`cleanup.policy=compact`): the latest record per key.
 //! - `gc`: deleting objects no index entry names, and orphans no commit named.
+//! - `maintenance`: the background jobs' own runtime, on threads of lower priority.
 //! - [`failpoints`]: crash points for the crash tests.
 //! - `stats`: the agent's metrics and throughput totals; [`describe_metrics`] gives the
 //!   metrics their help text and is called once at start by whoever installs the recorder.
@@ -27,6 +28,7 @@ pub mod error;
 pub mod failpoints;
 mod gc;
 mod leases;
+mod maintenance;
 mod producers;
 mod read;
 mod retention;

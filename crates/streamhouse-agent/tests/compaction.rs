@@ -183,13 +183,13 @@ async fn young_short_runs_wait_for_the_window_and_large_entries_stay() {
 #[tokio::test]
 async fn small_runs_become_medium_objects_and_medium_runs_become_large_ones_once() {
     let setup = Setup::new();
-    // Entries under 1 KiB are small; objects of 8 KiB (half the target) or more are left
-    // alone.
+    // Entries under 1 KiB are small; objects of 8 KiB (an eighth of the target) or more are
+    // left alone.
     let agent = setup
         .agent(|c| {
             c.compaction_window = Duration::from_secs(3600);
             c.compaction_entry_bytes = 1024;
-            c.compaction_target_bytes = 16 << 10;
+            c.compaction_target_bytes = 64 << 10;
         })
         .await;
     agent.create_topic("m", 1, &BTreeMap::new()).await.unwrap();
@@ -209,7 +209,7 @@ async fn small_runs_become_medium_objects_and_medium_runs_become_large_ones_once
     // of about 1 KiB (medium ones). The small run at the end is young: it waits.
     let first = agent.compact().await.unwrap();
     assert_eq!((first.objects, first.entries_in), (1, 12), "{first:?}");
-    // That object and the medium entry (two objects, over half the target) follow each other
+    // That object and the medium entry (two objects, over an eighth of the target) follow each other
     // and are followed by small entries: merged into one large object.
     let second = agent.compact().await.unwrap();
     assert_eq!(second.objects, 1, "{second:?}");

@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
@@ -24,6 +25,8 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite")
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     pool: SqlitePool,
+    /// Keeps the background checkpoint task going; it stops once the store is dropped.
+    _checkpoints: Arc<()>,
 }
 
 impl SqliteStore {
@@ -35,7 +38,9 @@ impl SqliteStore {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
-            .busy_timeout(Duration::from_secs(10));
+            .busy_timeout(Duration::from_secs(10))
+            // No checkpoint inside a commit: see `checkpoint_in_background`.
+            .pragma("wal_autocheckpoint", "0");
         let pool = SqlitePoolOptions::new()
             .max_connections(8)
             .connect_with(options)
@@ -45,7 +50,11 @@ impl SqliteStore {
             .run(&pool)
             .await
             .map_err(MetadataError::Migration)?;
-        Ok(SqliteStore { pool })
+        let checkpoints = checkpoint_in_background(&pool);
+        Ok(SqliteStore {
+            pool,
+            _checkpoints: checkpoints,
+        })
     }
 
     /// Starts a write transaction. `BEGIN IMMEDIATE` takes SQLite's write lock at once, so a
@@ -1196,6 +1205,39 @@ fn agent_from_row(row: &sqlx::sqlite::SqliteRow) -> AgentInfo {
         group: row.get("agent_group"),
         last_heartbeat_ms: row.get("last_heartbeat_ms"),
     }
+}
+
+/// How often the write-ahead log is copied back into the database.
+const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(500);
+
+/// SQLite's automatic checkpoint runs inside whichever commit crosses the WAL's size limit,
+/// with `synchronous=FULL` fsyncing the database file too,
+/// so a flush's commit would now and then also copy megabytes of pages (and fsync them) that
+/// compaction swaps and garbage collection dirtied, and its producers would wait for it. A
+/// task of the store's own does it instead, with PASSIVE checkpoints that never hold up a
+/// writer, until the store is dropped.
+fn checkpoint_in_background(pool: &SqlitePool) -> Arc<()> {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return Arc::new(());
+    };
+    let pool = pool.clone();
+    let alive = Arc::new(());
+    let store_alive = Arc::downgrade(&alive);
+    runtime.spawn(async move {
+        loop {
+            tokio::time::sleep(CHECKPOINT_INTERVAL).await;
+            if store_alive.upgrade().is_none() || pool.is_closed() {
+                return;
+            }
+            if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+                .execute(&pool)
+                .await
+            {
+                tracing::debug!(error = %e, "WAL checkpoint failed; retrying");
+            }
+        }
+    });
+    alive
 }
 
 /// Records an index entry committed (or swapped in) under `epoch`: the one statement
