@@ -47,16 +47,12 @@ use streamhouse_storage::ObjectBuilder;
 use tracing::{debug, info};
 
 use crate::agent::{now_ms, Agent};
-use crate::compaction::{check_slice, chunk_bounds};
+use crate::compaction::{check_slice, chunk_bounds, MAX_RUN_ENTRIES};
 use crate::error::AgentError;
 use crate::stats;
 
 /// Index entries looked up at a time.
 const ENTRIES_PER_LOOKUP: usize = 1000;
-/// Slices read at once.
-const READ_CONCURRENCY: usize = 16;
-/// Most index entries one swap replaces (keeps each swap transaction short).
-const MAX_SWAP_ENTRIES: usize = 20_000;
 /// Most distinct keys one pass maps (about 100 bytes of memory each with short keys, like
 /// Kafka's `log.cleaner.dedupe.buffer.size`); a dirty part with more is cleaned in several
 /// passes, each up to where its map filled.
@@ -252,7 +248,7 @@ impl Agent {
             }
             run_bytes += filtered.len();
             run.push(filtered);
-            if run_bytes >= target || run.len() >= MAX_SWAP_ENTRIES {
+            if run_bytes >= target || run.len() >= MAX_RUN_ENTRIES {
                 if !self.swap_run(tp, &mut run, &mut stats).await? {
                     return Ok(stats);
                 }
@@ -277,25 +273,6 @@ impl Agent {
               bytes_written = stats.bytes_written, objects = stats.objects, ?elapsed,
               "log compaction pass done");
         Ok(stats)
-    }
-
-    /// The slices of `entries`, read a few at a time, in order.
-    fn read_entries<'a>(
-        &self,
-        entries: &'a [StoredEntry],
-    ) -> impl futures_util::Stream<Item = Result<(StoredEntry, Bytes), AgentError>> + 'a {
-        let storage = self.storage().clone();
-        futures_util::stream::iter(entries.iter().cloned())
-            .map(move |stored| {
-                let storage = storage.clone();
-                async move {
-                    let e = &stored.entry;
-                    let range = e.byte_start..e.byte_start + e.byte_len;
-                    let slice = storage.read_range(&e.object_key, range).await?;
-                    Ok((stored, slice))
-                }
-            })
-            .buffered(READ_CONCURRENCY)
     }
 
     /// Writes a run of changed entries into one object and swaps it in; empties the run.

@@ -56,7 +56,8 @@ use crate::stats;
 
 /// Index entries looked up at a time while planning.
 const ENTRIES_PER_LOOKUP: usize = 1000;
-/// Most entries one swap replaces: keeps each swap transaction (and the commits waiting for
+/// Most entries one swap replaces, in object and log compaction alike: keeps each swap
+/// transaction (and the commits waiting for
 /// it) short.
 pub(crate) const MAX_RUN_ENTRIES: usize = 500;
 /// Slices read at once while merging.
@@ -247,21 +248,9 @@ impl Agent {
         run: Run,
     ) -> Result<CompactionStats, AgentError> {
         let started = Instant::now();
-        let storage = self.storage();
-        // Owned futures: a stream of closures borrowing the run trips the compiler's
-        // higher-ranked lifetime check once the caller is spawned.
-        let reads: Vec<_> = run
-            .entries
-            .iter()
-            .map(|s| {
-                let storage = storage.clone();
-                let key = s.entry.object_key.clone();
-                let range = s.entry.byte_start..s.entry.byte_start + s.entry.byte_len;
-                async move { storage.read_range(&key, range).await }
-            })
-            .collect();
-        let slices: Vec<Bytes> = futures_util::stream::iter(reads)
-            .buffered(READ_CONCURRENCY)
+        let slices: Vec<Bytes> = self
+            .read_entries(&run.entries)
+            .map_ok(|(_, slice)| slice)
             .try_collect()
             .await?;
         // Checking and copying up to the target size of bytes is CPU work: off the runtime's
@@ -303,6 +292,25 @@ impl Agent {
                 ..CompactionStats::default()
             }),
         }
+    }
+
+    /// The slices of `entries`, read a few at a time, in order (object and log compaction).
+    pub(crate) fn read_entries<'a>(
+        &self,
+        entries: &'a [StoredEntry],
+    ) -> impl futures_util::Stream<Item = Result<(StoredEntry, Bytes), AgentError>> + 'a {
+        let storage = self.storage().clone();
+        futures_util::stream::iter(entries.iter().cloned())
+            .map(move |stored| {
+                let storage = storage.clone();
+                async move {
+                    let e = &stored.entry;
+                    let range = e.byte_start..e.byte_start + e.byte_len;
+                    let slice = storage.read_range(&e.object_key, range).await?;
+                    Ok((stored, slice))
+                }
+            })
+            .buffered(READ_CONCURRENCY)
     }
 
     /// Writes `builder`'s object under a new key, then swaps `old` for one index entry per
