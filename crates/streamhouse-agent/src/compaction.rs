@@ -57,8 +57,7 @@ use crate::stats;
 /// Index entries looked up at a time while planning.
 const ENTRIES_PER_LOOKUP: usize = 1000;
 /// Most entries one swap replaces, in object and log compaction alike: keeps each swap
-/// transaction (and the commits waiting for
-/// it) short.
+/// transaction (and the commits waiting for it) short.
 pub(crate) const MAX_RUN_ENTRIES: usize = 500;
 /// Slices read at once while merging.
 const READ_CONCURRENCY: usize = 16;
