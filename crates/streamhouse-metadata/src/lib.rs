@@ -308,6 +308,25 @@ pub(crate) fn first_illegal_char(name: &str) -> Option<char> {
         .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
 }
 
+/// Starts a transaction on `pool` from a task of its own, so that a caller that gives up
+/// while waiting for it (a client that disconnects, a timeout) cannot leave one open. When
+/// the caller's future is dropped, sqlx's SQLite worker rolls back a `BEGIN` whose answer
+/// could not be delivered, but not one whose answer was delivered and never read: that
+/// transaction has no owner, the connection goes back to the pool inside it, holding the only
+/// writer lock for good, and every later write fails ("database is locked", "begin_with at
+/// non-zero transaction depth": seen in CI after schemathesis gave up on slow requests).
+/// Spawned, the begin runs to its end and its answer is always read; a transaction nobody
+/// waits for any more is dropped in the task, which rolls it back.
+pub(crate) async fn begin_detached<DB: sqlx::Database>(
+    pool: &sqlx::Pool<DB>,
+    statement: &'static str,
+) -> std::result::Result<sqlx::Transaction<'static, DB>, sqlx::Error> {
+    let pool = pool.clone();
+    tokio::spawn(async move { pool.begin_with(statement).await })
+        .await
+        .unwrap_or(Err(sqlx::Error::WorkerCrashed))
+}
+
 #[cfg(test)]
 mod tests {
     use super::validate_topic_name;

@@ -150,7 +150,9 @@ impl PostgresStore {
     }
 
     async fn begin(&self, context: &'static str) -> Result<sqlx::Transaction<'static, Postgres>> {
-        self.pool.begin().await.map_err(MetadataError::db(context))
+        crate::begin_detached(&self.pool, "BEGIN")
+            .await
+            .map_err(MetadataError::db(context))
     }
 
     async fn topic_configs(&self, name: &str) -> Result<BTreeMap<String, String>> {
@@ -461,11 +463,7 @@ impl MetadataStore for PostgresStore {
 
     async fn list_topics(&self) -> Result<Vec<Topic>> {
         // One transaction, so that topics and configs come from the same snapshot.
-        let mut tx = self
-            .pool
-            .begin()
-            .await
-            .map_err(MetadataError::db("begin list topics"))?;
+        let mut tx = self.begin("begin list topics").await?;
         sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             .execute(&mut *tx)
             .await
@@ -1325,11 +1323,7 @@ impl MetadataStore for PostgresStore {
 
     async fn load_producer_states(&self, tp: &TopicPartition) -> Result<Vec<ProducerState>> {
         // One snapshot for both queries, so states and batches of the same commit match.
-        let mut tx = self
-            .pool
-            .begin()
-            .await
-            .map_err(MetadataError::db("begin reading producer states"))?;
+        let mut tx = self.begin("begin reading producer states").await?;
         sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             .execute(&mut *tx)
             .await
