@@ -1390,16 +1390,20 @@ mod tests {
     use super::*;
     use std::sync::atomic::{AtomicBool, Ordering};
 
+    /// A fresh store in a temporary directory (kept as long as the directory is).
+    async fn scratch_store() -> (tempfile::TempDir, SqliteStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("metadata.db").display());
+        let store = SqliteStore::open(&url).await.unwrap();
+        (dir, store)
+    }
+
     /// Readers that are always in the log keep a PASSIVE checkpoint from ever starting it
     /// over; the background checkpoints still keep it bounded instead of growing with
     /// everything written.
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn the_write_ahead_log_stays_bounded_under_steady_reads_and_writes() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("metadata.db");
-        let store = SqliteStore::open(&format!("sqlite://{}", path.display()))
-            .await
-            .unwrap();
+        let (dir, store) = scratch_store().await;
         sqlx::query("CREATE TABLE scratch (id INTEGER PRIMARY KEY, payload BLOB NOT NULL)")
             .execute(&store.pool)
             .await
@@ -1456,11 +1460,7 @@ mod tests {
     /// `begin_detached`.)
     #[tokio::test]
     async fn a_writer_that_gives_up_waiting_leaves_no_transaction_behind() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("metadata.db");
-        let store = SqliteStore::open(&format!("sqlite://{}", path.display()))
-            .await
-            .unwrap();
+        let (_dir, store) = scratch_store().await;
         let holder = store.write_tx("hold the lock").await.unwrap();
         let gave_up =
             tokio::time::timeout(Duration::from_millis(200), store.write_tx("give up")).await;
