@@ -177,9 +177,12 @@ pub trait MetadataStore: Send + Sync + std::fmt::Debug {
     /// true if it was free, expired, or already `holder`'s (then it is extended).
     async fn claim_job(&self, job: &str, holder: &AgentId, ttl: Duration) -> Result<bool>;
 
-    /// Garbage collection: marks the live objects that no index entry names as unreferenced
-    /// (nothing can name them again), then returns up to `limit` of those marked at least
-    /// `grace` ago: the ones that may be deleted from the object store.
+    /// Garbage collection: up to `limit` live objects that no index entry names (nothing can
+    /// name them again) and that were marked so at least `grace` ago: the ones that may be
+    /// deleted from the object store. SQLite marks an object as its last entry is deleted;
+    /// PostgreSQL marks here, checking the live objects against the index (concurrent
+    /// transactions deleting the last entries of one object would each still see the
+    /// other's, and neither would mark it).
     async fn unreferenced_objects(&self, grace: Duration, limit: usize) -> Result<Vec<String>>;
 
     /// Forgets objects returned by [`MetadataStore::unreferenced_objects`] once they are

@@ -311,23 +311,15 @@ fn partition_select(filter: &str) -> String {
 
 const AGENT_COLUMNS: &str = "agent_id, node_id, advertised_addr, agent_group, last_heartbeat_ms";
 
-/// A partition as the commit protocol sees it, read under lock.
-#[derive(Debug, Default)]
-struct LockedPartition {
-    high_watermark: i64,
-    holder: Option<String>,
-    epoch: i64,
-}
-
 /// Locks the partition rows (FOR UPDATE) and then their lease rows (FOR SHARE) of a commit,
 /// both in (topic, partition) order so that concurrent commits over overlapping partitions
 /// queue instead of deadlocking. Returns the locked state of every partition that exists.
 async fn lock_partitions(
     tx: &mut sqlx::PgConnection,
-    keys: &[(String, i32)],
-) -> Result<BTreeMap<(String, i32), LockedPartition>> {
-    let topics: Vec<&str> = keys.iter().map(|(t, _)| t.as_str()).collect();
-    let partitions: Vec<i32> = keys.iter().map(|(_, p)| *p).collect();
+    keys: &[&TopicPartition],
+) -> Result<BTreeMap<TopicPartition, crate::fence::Committed>> {
+    let topics: Vec<&str> = keys.iter().map(|tp| tp.topic.as_str()).collect();
+    let partitions: Vec<i32> = keys.iter().map(|tp| tp.partition.0).collect();
     let rows = sqlx::query(
         "SELECT p.topic, p.partition_id, p.high_watermark FROM partitions p \
          JOIN UNNEST($1::TEXT[], $2::INTEGER[]) AS k (topic, partition_id) \
@@ -342,10 +334,13 @@ async fn lock_partitions(
     let mut locked = BTreeMap::new();
     for row in &rows {
         locked.insert(
-            (get(row, "topic")?, get(row, "partition_id")?),
-            LockedPartition {
-                high_watermark: get(row, "high_watermark")?,
-                ..LockedPartition::default()
+            TopicPartition::new(
+                get::<String>(row, "topic")?,
+                get::<i32>(row, "partition_id")?,
+            ),
+            crate::fence::Committed {
+                high_watermark: Offset(get(row, "high_watermark")?),
+                ..Default::default()
             },
         );
     }
@@ -363,10 +358,13 @@ async fn lock_partitions(
     .await
     .map_err(MetadataError::db("lock leases for commit"))?;
     for row in &rows {
-        let key: (String, i32) = (get(row, "topic")?, get(row, "partition_id")?);
+        let key = TopicPartition::new(
+            get::<String>(row, "topic")?,
+            get::<i32>(row, "partition_id")?,
+        );
         if let Some(p) = locked.get_mut(&key) {
             p.holder = get(row, "holder")?;
-            p.epoch = get(row, "epoch")?;
+            p.epoch = LeaseEpoch(get(row, "epoch")?);
         }
     }
     Ok(locked)
@@ -712,55 +710,35 @@ impl MetadataStore for PostgresStore {
         partitions: &[PartitionCommit],
     ) -> Result<Vec<std::result::Result<(), CommitRejection>>> {
         let mut tx = self.begin("begin commit").await?;
-        let mut keys: Vec<(String, i32)> = partitions
-            .iter()
-            .map(|c| (c.entry.tp.topic.clone(), c.entry.tp.partition.0))
-            .collect();
-        keys.sort();
-        keys.dedup();
-        let mut locked = lock_partitions(&mut tx, &keys).await?;
-
-        let mut results = Vec::with_capacity(partitions.len());
-        let mut any_accepted = false;
-        for commit in partitions {
-            let entry = &commit.entry;
-            let tp = &entry.tp;
-            let current = locked
-                .get(&(tp.topic.clone(), tp.partition.0))
-                .map(|state| crate::fence::Current {
-                    high_watermark: Offset(state.high_watermark),
-                    holder: state.holder.as_deref(),
-                    epoch: LeaseEpoch(state.epoch),
-                });
-            if let Err(rejection) = crate::fence::check(commit, current) {
-                results.push(Err(rejection));
-                continue;
-            }
-            let Some(state) = locked.get_mut(&(tp.topic.clone(), tp.partition.0)) else {
-                continue; // checked just above
-            };
-            insert_entry(&mut tx, entry, commit.epoch).await?;
+        let committed =
+            lock_partitions(&mut tx, &crate::fence::commit_partitions(partitions)).await?;
+        let plan = crate::fence::plan_commit(partitions, committed)?;
+        if plan.accepted_any() {
+            insert_entries(&mut tx, plan.entries.iter().copied()).await?;
+            let (topics, ids, watermarks): (Vec<&str>, Vec<i32>, Vec<i64>) = plan
+                .watermarks
+                .iter()
+                .map(|(tp, hw)| (tp.topic.as_str(), tp.partition.0, hw.0))
+                .collect();
             sqlx::query(
-                "UPDATE partitions SET high_watermark = $1 WHERE topic = $2 AND partition_id = $3",
+                "UPDATE partitions p SET high_watermark = k.high_watermark \
+                 FROM UNNEST($1::TEXT[], $2::INTEGER[], $3::BIGINT[]) \
+                   AS k (topic, partition_id, high_watermark) \
+                 WHERE p.topic = k.topic AND p.partition_id = k.partition_id",
             )
-            .bind(entry.end_offset.0)
-            .bind(&tp.topic)
-            .bind(tp.partition.0)
+            .bind(&topics)
+            .bind(&ids)
+            .bind(&watermarks)
             .execute(&mut *tx)
             .await
-            .map_err(MetadataError::db("advance high watermark"))?;
-            state.high_watermark = entry.end_offset.0;
-            store_producer_states(&mut tx, tp, &commit.producers).await?;
-            any_accepted = true;
-            results.push(Ok(()));
-        }
-        if any_accepted {
+            .map_err(MetadataError::db("advance high watermarks"))?;
+            store_producer_states(&mut tx, &plan.producers).await?;
             insert_object(&mut tx, object).await?;
         }
         tx.commit()
             .await
             .map_err(MetadataError::db("commit flush"))?;
-        Ok(results)
+        Ok(plan.results)
     }
 
     async fn find_entries(
@@ -923,9 +901,13 @@ impl MetadataStore for PostgresStore {
         insert_object(&mut tx, object).await?;
         // Keeps "no entry ends at or below the log start" (new entries end where old ones
         // did, and those were above it, so this only guards against a future caller).
-        for stored in new.iter().filter(|s| s.entry.end_offset.0 > log_start) {
-            insert_entry(&mut tx, &stored.entry, stored.leader_epoch).await?;
-        }
+        insert_entries(
+            &mut tx,
+            new.iter()
+                .filter(|s| s.entry.end_offset.0 > log_start)
+                .map(|s| (&s.entry, s.leader_epoch)),
+        )
+        .await?;
         tx.commit()
             .await
             .map_err(MetadataError::db("commit compaction swap"))?;
@@ -1383,31 +1365,61 @@ impl MetadataStore for PostgresStore {
     }
 }
 
-/// Records an index entry committed (or swapped in) under `epoch`: the one statement
-/// [`MetadataStore::commit`] and [`MetadataStore::replace_entries`] share.
-async fn insert_entry(
+/// Records index entries committed (or swapped in), each under its epoch, in one
+/// statement (one array parameter per column): what [`MetadataStore::commit`] and
+/// [`MetadataStore::replace_entries`] share.
+async fn insert_entries<'a>(
     tx: &mut sqlx::PgConnection,
-    entry: &IndexEntry,
-    epoch: LeaseEpoch,
+    entries: impl Iterator<Item = (&'a IndexEntry, LeaseEpoch)>,
 ) -> Result<()> {
+    let mut columns = EntryColumns::default();
+    for (e, epoch) in entries {
+        columns.topic.push(e.tp.topic.as_str());
+        columns.partition_id.push(e.tp.partition.0);
+        columns.base_offset.push(e.base_offset.0);
+        columns.end_offset.push(e.end_offset.0);
+        columns.object_key.push(e.object_key.as_str());
+        columns.byte_start.push(to_i64(e.byte_start)?);
+        columns.byte_len.push(to_i64(e.byte_len)?);
+        columns.max_timestamp.push(e.max_timestamp);
+        columns.leader_epoch.push(epoch.0);
+    }
+    if columns.topic.is_empty() {
+        return Ok(());
+    }
     sqlx::query(
         "INSERT INTO index_entries (topic, partition_id, base_offset, end_offset, object_key, \
          byte_start, byte_len, max_timestamp, leader_epoch) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+         SELECT * FROM UNNEST($1::TEXT[], $2::INTEGER[], $3::BIGINT[], $4::BIGINT[], $5::TEXT[], \
+         $6::BIGINT[], $7::BIGINT[], $8::BIGINT[], $9::BIGINT[])",
     )
-    .bind(&entry.tp.topic)
-    .bind(entry.tp.partition.0)
-    .bind(entry.base_offset.0)
-    .bind(entry.end_offset.0)
-    .bind(&entry.object_key)
-    .bind(to_i64(entry.byte_start)?)
-    .bind(to_i64(entry.byte_len)?)
-    .bind(entry.max_timestamp)
-    .bind(epoch.0)
+    .bind(&columns.topic)
+    .bind(&columns.partition_id)
+    .bind(&columns.base_offset)
+    .bind(&columns.end_offset)
+    .bind(&columns.object_key)
+    .bind(&columns.byte_start)
+    .bind(&columns.byte_len)
+    .bind(&columns.max_timestamp)
+    .bind(&columns.leader_epoch)
     .execute(&mut *tx)
     .await
-    .map_err(MetadataError::db("insert index entry"))?;
+    .map_err(MetadataError::db("insert index entries"))?;
     Ok(())
+}
+
+/// The columns of [`insert_entries`]' rows.
+#[derive(Default)]
+struct EntryColumns<'a> {
+    topic: Vec<&'a str>,
+    partition_id: Vec<i32>,
+    base_offset: Vec<i64>,
+    end_offset: Vec<i64>,
+    object_key: Vec<&'a str>,
+    byte_start: Vec<i64>,
+    byte_len: Vec<i64>,
+    max_timestamp: Vec<i64>,
+    leader_epoch: Vec<i64>,
 }
 
 /// Records a live object. Its key must be new: a key any commit, swap or orphan tombstone
@@ -1426,64 +1438,87 @@ async fn insert_object(tx: &mut sqlx::PgConnection, object: &ObjectRecord) -> Re
     Ok(())
 }
 
-/// Writes the new states of the producers that appended in one partition's share of a
-/// commit, inside the commit's transaction (which holds the partition's row lock): the state
-/// row is replaced and the remembered batches with it.
+/// Writes the new states of the producers that appended in a commit's accepted shares,
+/// inside the commit's transaction (which holds the partitions' row locks): each state row
+/// is replaced and its remembered batches with it, three statements for all of them.
 async fn store_producer_states(
     tx: &mut sqlx::PgConnection,
-    tp: &TopicPartition,
-    producers: &[ProducerState],
+    producers: &BTreeMap<(&TopicPartition, ProducerId), &ProducerState>,
 ) -> Result<()> {
-    for p in producers {
-        if p.batches.len() > PRODUCER_BATCHES_KEPT {
-            return Err(MetadataError::Invalid {
-                message: format!(
-                    "{} batches for producer {} of {tp}; at most {PRODUCER_BATCHES_KEPT} are kept",
-                    p.batches.len(),
-                    p.producer_id
-                ),
-            });
-        }
-        sqlx::query(&format!(
-            "INSERT INTO producer_states (topic, partition_id, producer_id, producer_epoch, \
-             last_sequence, updated_at_ms) VALUES ($1, $2, $3, $4, $5, {NOW_MS}) \
-             ON CONFLICT (topic, partition_id, producer_id) DO UPDATE SET \
-             producer_epoch = excluded.producer_epoch, last_sequence = excluded.last_sequence, \
-             updated_at_ms = excluded.updated_at_ms"
-        ))
-        .bind(&tp.topic)
-        .bind(tp.partition.0)
-        .bind(p.producer_id.0)
-        .bind(p.producer_epoch.0)
-        .bind(p.last_sequence)
-        .execute(&mut *tx)
-        .await
-        .map_err(MetadataError::db("store producer state"))?;
-        sqlx::query(
-            "DELETE FROM producer_batches WHERE topic = $1 AND partition_id = $2 AND producer_id = $3",
-        )
-        .bind(&tp.topic)
-        .bind(tp.partition.0)
-        .bind(p.producer_id.0)
-        .execute(&mut *tx)
-        .await
-        .map_err(MetadataError::db("replace producer batches"))?;
+    if producers.is_empty() {
+        return Ok(());
+    }
+    let mut topics = Vec::new();
+    let mut partition_ids = Vec::new();
+    let mut producer_ids = Vec::new();
+    let mut epochs = Vec::new();
+    let mut sequences = Vec::new();
+    for ((tp, id), p) in producers {
+        topics.push(tp.topic.as_str());
+        partition_ids.push(tp.partition.0);
+        producer_ids.push(id.0);
+        epochs.push(p.producer_epoch.0);
+        sequences.push(p.last_sequence);
+    }
+    sqlx::query(&format!(
+        "INSERT INTO producer_states (topic, partition_id, producer_id, producer_epoch, \
+         last_sequence, updated_at_ms) \
+         SELECT k.*, {NOW_MS} FROM UNNEST($1::TEXT[], $2::INTEGER[], $3::BIGINT[], \
+         $4::SMALLINT[], $5::INTEGER[]) AS k \
+         ON CONFLICT (topic, partition_id, producer_id) DO UPDATE SET \
+         producer_epoch = excluded.producer_epoch, last_sequence = excluded.last_sequence, \
+         updated_at_ms = excluded.updated_at_ms"
+    ))
+    .bind(&topics)
+    .bind(&partition_ids)
+    .bind(&producer_ids)
+    .bind(&epochs)
+    .bind(&sequences)
+    .execute(&mut *tx)
+    .await
+    .map_err(MetadataError::db("store producer states"))?;
+    sqlx::query(
+        "DELETE FROM producer_batches b \
+         USING UNNEST($1::TEXT[], $2::INTEGER[], $3::BIGINT[]) AS k (topic, partition_id, producer_id) \
+         WHERE b.topic = k.topic AND b.partition_id = k.partition_id \
+         AND b.producer_id = k.producer_id",
+    )
+    .bind(&topics)
+    .bind(&partition_ids)
+    .bind(&producer_ids)
+    .execute(&mut *tx)
+    .await
+    .map_err(MetadataError::db("replace producer batches"))?;
+    let (mut topics, mut partition_ids, mut producer_ids) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut base_offsets, mut firsts, mut lasts) = (Vec::new(), Vec::new(), Vec::new());
+    for ((tp, id), p) in producers {
         for b in &p.batches {
-            sqlx::query(
-                "INSERT INTO producer_batches (topic, partition_id, producer_id, base_offset, \
-                 first_sequence, last_sequence) VALUES ($1, $2, $3, $4, $5, $6)",
-            )
-            .bind(&tp.topic)
-            .bind(tp.partition.0)
-            .bind(p.producer_id.0)
-            .bind(b.base_offset.0)
-            .bind(b.first_sequence)
-            .bind(b.last_sequence)
-            .execute(&mut *tx)
-            .await
-            .map_err(MetadataError::db("store producer batch"))?;
+            topics.push(tp.topic.as_str());
+            partition_ids.push(tp.partition.0);
+            producer_ids.push(id.0);
+            base_offsets.push(b.base_offset.0);
+            firsts.push(b.first_sequence);
+            lasts.push(b.last_sequence);
         }
     }
+    if topics.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO producer_batches (topic, partition_id, producer_id, base_offset, \
+         first_sequence, last_sequence) \
+         SELECT * FROM UNNEST($1::TEXT[], $2::INTEGER[], $3::BIGINT[], $4::BIGINT[], \
+         $5::INTEGER[], $6::INTEGER[])",
+    )
+    .bind(&topics)
+    .bind(&partition_ids)
+    .bind(&producer_ids)
+    .bind(&base_offsets)
+    .bind(&firsts)
+    .bind(&lasts)
+    .execute(&mut *tx)
+    .await
+    .map_err(MetadataError::db("store producer batches"))?;
     Ok(())
 }
 

@@ -526,57 +526,31 @@ impl MetadataStore for SqliteStore {
         partitions: &[PartitionCommit],
     ) -> Result<Vec<std::result::Result<(), CommitRejection>>> {
         let mut tx = self.write_tx("begin commit").await?;
-        let mut results = Vec::with_capacity(partitions.len());
-        let mut any_accepted = false;
-        for commit in partitions {
-            let entry = &commit.entry;
-            let tp = &entry.tp;
-            let row = sqlx::query(
-                "SELECT p.high_watermark, l.holder, l.epoch FROM partitions p \
-                 LEFT JOIN leases l ON l.topic = p.topic AND l.partition_id = p.partition_id \
-                 WHERE p.topic = ? AND p.partition_id = ?",
-            )
-            .bind(&tp.topic)
-            .bind(tp.partition.0)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(MetadataError::db("read partition for commit"))?;
-            let holder: Option<String> = row.as_ref().and_then(|r| r.get("holder"));
-            let current = row.as_ref().map(|r| crate::fence::Current {
-                high_watermark: Offset(r.get("high_watermark")),
-                holder: holder.as_deref(),
-                epoch: LeaseEpoch(
-                    r.try_get::<Option<i64>, _>("epoch")
-                        .ok()
-                        .flatten()
-                        .unwrap_or(0),
-                ),
-            });
-            if let Err(rejection) = crate::fence::check(commit, current) {
-                results.push(Err(rejection));
-                continue;
-            }
-            insert_entry(&mut tx, entry, commit.epoch).await?;
+        let committed =
+            read_committed(&mut tx, &crate::fence::commit_partitions(partitions)).await?;
+        let plan = crate::fence::plan_commit(partitions, committed)?;
+        if plan.accepted_any() {
+            insert_entries(&mut tx, plan.entries.iter().copied()).await?;
+            let watermarks = json_rows(
+                plan.watermarks
+                    .iter()
+                    .map(|(tp, hw)| serde_json::json!([tp.topic, tp.partition.0, hw.0])),
+            );
             sqlx::query(
-                "UPDATE partitions SET high_watermark = ? WHERE topic = ? AND partition_id = ?",
+                "UPDATE partitions SET high_watermark = k.value ->> 2 FROM json_each(?) AS k \
+                 WHERE partitions.topic = k.value ->> 0 AND partitions.partition_id = k.value ->> 1",
             )
-            .bind(entry.end_offset.0)
-            .bind(&tp.topic)
-            .bind(tp.partition.0)
+            .bind(watermarks)
             .execute(&mut *tx)
             .await
-            .map_err(MetadataError::db("advance high watermark"))?;
-            store_producer_states(&mut tx, tp, &commit.producers).await?;
-            any_accepted = true;
-            results.push(Ok(()));
-        }
-        if any_accepted {
+            .map_err(MetadataError::db("advance high watermarks"))?;
+            store_producer_states(&mut tx, &plan.producers).await?;
             insert_object(&mut tx, object).await?;
         }
         tx.commit()
             .await
             .map_err(MetadataError::db("commit flush"))?;
-        Ok(results)
+        Ok(plan.results)
     }
 
     async fn find_entries(
@@ -693,35 +667,52 @@ impl MetadataStore for SqliteStore {
             return Ok(Swap::Changed);
         };
         let tp = &first.tp;
+        let expected = old
+            .iter()
+            .map(|e| {
+                Ok(serde_json::json!([
+                    e.base_offset.0,
+                    e.end_offset.0,
+                    e.object_key,
+                    to_i64(e.byte_start)?,
+                    to_i64(e.byte_len)?,
+                    e.max_timestamp
+                ]))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let expected = json_rows(expected.into_iter());
         let mut tx = self.write_tx("begin compaction swap").await?;
-        let log_start: Option<i64> = sqlx::query_scalar(
-            "SELECT log_start_offset FROM partitions WHERE topic = ? AND partition_id = ?",
-        )
-        .bind(&tp.topic)
-        .bind(tp.partition.0)
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(MetadataError::db("read partition for compaction swap"))?;
-        let Some(log_start) = log_start else {
-            return Ok(Swap::Changed);
-        };
-        let rows = sqlx::query(
-            "SELECT base_offset, end_offset, object_key, byte_start, byte_len, max_timestamp \
-             FROM index_entries WHERE topic = ? AND partition_id = ? \
-             AND end_offset > ? AND base_offset < ? ORDER BY base_offset",
+        // Whether the index still holds exactly `old` over its range, counted by the store:
+        // streamed back row by row, the entries took longer than everything else the swap
+        // does while holding the writer lock.
+        let row = sqlx::query(
+            "SELECT (SELECT log_start_offset FROM partitions \
+                     WHERE topic = ?1 AND partition_id = ?2) AS log_start, \
+                    (SELECT COUNT(*) FROM index_entries WHERE topic = ?1 AND partition_id = ?2 \
+                     AND end_offset > ?3 AND base_offset < ?4) AS present, \
+                    (SELECT COUNT(*) FROM json_each(?5) AS k WHERE EXISTS \
+                     (SELECT 1 FROM index_entries e WHERE e.topic = ?1 AND e.partition_id = ?2 \
+                      AND e.base_offset = k.value ->> 0 AND e.end_offset = k.value ->> 1 \
+                      AND e.object_key = k.value ->> 2 AND e.byte_start = k.value ->> 3 \
+                      AND e.byte_len = k.value ->> 4 AND e.max_timestamp = k.value ->> 5)) \
+                    AS matching",
         )
         .bind(&tp.topic)
         .bind(tp.partition.0)
         .bind(first.base_offset.0)
         .bind(last.end_offset.0)
-        .fetch_all(&mut *tx)
+        .bind(&expected)
+        .fetch_one(&mut *tx)
         .await
         .map_err(MetadataError::db("read entries to replace"))?;
-        let found = rows
-            .iter()
-            .map(|row| entry_from_row(tp, row))
-            .collect::<Result<Vec<_>>>()?;
-        if found != old {
+        let read = || MetadataError::db("read entries to replace");
+        let Some(log_start) = row.try_get::<Option<i64>, _>("log_start").map_err(read())? else {
+            return Ok(Swap::Changed);
+        };
+        let present: i64 = row.try_get("present").map_err(read())?;
+        let matching: i64 = row.try_get("matching").map_err(read())?;
+        // `old` is contiguous (checked above), so no two of its entries can match one row.
+        if present != to_i64(old.len() as u64)? || matching != present {
             return Ok(Swap::Changed);
         }
         sqlx::query(
@@ -738,9 +729,22 @@ impl MetadataStore for SqliteStore {
         insert_object(&mut tx, object).await?;
         // Keeps "no entry ends at or below the log start" (new entries end where old ones
         // did, and those were above it, so this only guards against a future caller).
-        for stored in new.iter().filter(|s| s.entry.end_offset.0 > log_start) {
-            insert_entry(&mut tx, &stored.entry, stored.leader_epoch).await?;
+        let kept: Vec<_> = new
+            .iter()
+            .filter(|s| s.entry.end_offset.0 > log_start)
+            .map(|s| (&s.entry, s.leader_epoch))
+            .collect();
+        if kept.is_empty() {
+            // Named by no entry from the start: no deletion will mark it, so mark it here.
+            sqlx::query(&format!(
+                "UPDATE objects SET unreferenced_since_ms = {NOW_MS} WHERE object_key = ?"
+            ))
+            .bind(&object.key)
+            .execute(&mut *tx)
+            .await
+            .map_err(MetadataError::db("mark the swapped-in object unnamed"))?;
         }
+        insert_entries(&mut tx, kept.into_iter()).await?;
         tx.commit()
             .await
             .map_err(MetadataError::db("commit compaction swap"))?;
@@ -764,74 +768,68 @@ impl MetadataStore for SqliteStore {
     }
 
     async fn unreferenced_objects(&self, grace: Duration, limit: usize) -> Result<Vec<String>> {
-        let mut tx = self.write_tx("begin garbage collection").await?;
-        sqlx::query(&format!(
-            "UPDATE objects SET unreferenced_since_ms = {NOW_MS} \
-             WHERE state = 'live' AND unreferenced_since_ms IS NULL AND NOT EXISTS \
-             (SELECT 1 FROM index_entries e WHERE e.object_key = objects.object_key)"
-        ))
-        .execute(&mut *tx)
-        .await
-        .map_err(MetadataError::db("mark unreferenced objects"))?;
+        // Objects are marked as their last index entry goes (the trigger of migration 0007),
+        // so this only reads.
         let rows = sqlx::query(&format!(
             "SELECT object_key FROM objects WHERE state = 'live' \
              AND unreferenced_since_ms <= {NOW_MS} - ? ORDER BY unreferenced_since_ms LIMIT ?"
         ))
         .bind(ttl_ms(grace))
         .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-        .fetch_all(&mut *tx)
+        .fetch_all(&self.pool)
         .await
         .map_err(MetadataError::db("list unreferenced objects"))?;
-        tx.commit()
-            .await
-            .map_err(MetadataError::db("commit garbage collection"))?;
-        Ok(rows.iter().map(|row| row.get("object_key")).collect())
+        rows.iter()
+            .map(|row| {
+                row.try_get("object_key")
+                    .map_err(MetadataError::db("list unreferenced objects"))
+            })
+            .collect()
     }
 
     async fn forget_objects(&self, keys: &[String]) -> Result<()> {
-        let mut tx = self.write_tx("begin forgetting objects").await?;
-        for key in keys {
-            sqlx::query(
-                "DELETE FROM objects WHERE object_key = ? AND state = 'live' \
-                 AND unreferenced_since_ms IS NOT NULL",
-            )
-            .bind(key)
-            .execute(&mut *tx)
-            .await
-            .map_err(MetadataError::db("forget object"))?;
-        }
-        tx.commit()
-            .await
-            .map_err(MetadataError::db("commit forgetting objects"))
+        sqlx::query(
+            "DELETE FROM objects WHERE object_key IN (SELECT value FROM json_each(?)) \
+             AND state = 'live' AND unreferenced_since_ms IS NOT NULL",
+        )
+        .bind(json_rows(keys.iter().map(|k| serde_json::json!(k))))
+        .execute(&self.pool)
+        .await
+        .map_err(MetadataError::db("forget objects"))?;
+        Ok(())
     }
 
     async fn claim_orphans(&self, keys: &[String], holder: &AgentId) -> Result<Vec<String>> {
+        let keys_json = json_rows(keys.iter().map(|k| serde_json::json!(k)));
         let mut tx = self.write_tx("begin orphan claim").await?;
-        let mut orphans = Vec::new();
-        for key in keys {
-            sqlx::query(&format!(
-                "INSERT INTO objects (object_key, size_bytes, writer, created_at_ms, state) \
-                 VALUES (?, 0, ?, {NOW_MS}, 'orphan') ON CONFLICT (object_key) DO NOTHING"
-            ))
-            .bind(key)
-            .bind(&holder.0)
-            .execute(&mut *tx)
-            .await
-            .map_err(MetadataError::db("record orphan"))?;
-            let state: Option<String> =
-                sqlx::query_scalar("SELECT state FROM objects WHERE object_key = ?")
-                    .bind(key)
-                    .fetch_optional(&mut *tx)
-                    .await
-                    .map_err(MetadataError::db("read object state"))?;
-            if state.as_deref() == Some("orphan") {
-                orphans.push(key.clone());
-            }
-        }
+        // `WHERE true`: SQLite's parser needs it to tell the upsert's ON CONFLICT from a join's ON.
+        sqlx::query(&format!(
+            "INSERT INTO objects (object_key, size_bytes, writer, created_at_ms, state) \
+             SELECT value, 0, ?, {NOW_MS}, 'orphan' FROM json_each(?) WHERE true \
+             ON CONFLICT (object_key) DO NOTHING"
+        ))
+        .bind(&holder.0)
+        .bind(&keys_json)
+        .execute(&mut *tx)
+        .await
+        .map_err(MetadataError::db("record orphans"))?;
+        let orphaned: Vec<String> = sqlx::query_scalar(
+            "SELECT object_key FROM objects \
+             WHERE object_key IN (SELECT value FROM json_each(?)) AND state = 'orphan'",
+        )
+        .bind(&keys_json)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(MetadataError::db("read object states"))?;
         tx.commit()
             .await
             .map_err(MetadataError::db("commit orphan claim"))?;
-        Ok(orphans)
+        let orphaned: std::collections::HashSet<String> = orphaned.into_iter().collect();
+        Ok(keys
+            .iter()
+            .filter(|k| orphaned.contains(*k))
+            .cloned()
+            .collect())
     }
 
     async fn set_topic_configs(
@@ -1281,30 +1279,88 @@ async fn checkpoint(conn: &mut sqlx::SqliteConnection) -> std::result::Result<()
     Ok(())
 }
 
-/// Records an index entry committed (or swapped in) under `epoch`: the one statement
-/// [`MetadataStore::commit`] and [`MetadataStore::replace_entries`] share.
-async fn insert_entry(
+/// A JSON array of rows, bound as one parameter and read back with `json_each`: how one
+/// statement writes (or reads) any number of rows. SQLite has no array parameters, and a
+/// statement with a placeholder per value would be a new statement (prepared anew) for
+/// every row count.
+fn json_rows(rows: impl Iterator<Item = serde_json::Value>) -> String {
+    serde_json::Value::Array(rows.collect()).to_string()
+}
+
+/// The committed state of a commit's partitions (those that exist), in one statement.
+async fn read_committed(
     tx: &mut sqlx::SqliteConnection,
-    entry: &IndexEntry,
-    epoch: LeaseEpoch,
+    tps: &[&TopicPartition],
+) -> Result<BTreeMap<TopicPartition, crate::fence::Committed>> {
+    let keys = json_rows(
+        tps.iter()
+            .map(|tp| serde_json::json!([tp.topic, tp.partition.0])),
+    );
+    let rows = sqlx::query(
+        "SELECT p.topic, p.partition_id, p.high_watermark, l.holder, l.epoch \
+         FROM json_each(?) AS k CROSS JOIN partitions p \
+           ON p.topic = k.value ->> 0 AND p.partition_id = k.value ->> 1 \
+         LEFT JOIN leases l ON l.topic = p.topic AND l.partition_id = p.partition_id",
+    )
+    .bind(keys)
+    .fetch_all(&mut *tx)
+    .await
+    .map_err(MetadataError::db("read partitions for commit"))?;
+    rows.iter()
+        .map(|row| {
+            let read = || MetadataError::db("read partitions for commit");
+            let tp = TopicPartition::new(
+                row.try_get::<String, _>("topic").map_err(read())?,
+                row.try_get::<i32, _>("partition_id").map_err(read())?,
+            );
+            let committed = crate::fence::Committed {
+                high_watermark: Offset(row.try_get("high_watermark").map_err(read())?),
+                holder: row.try_get("holder").map_err(read())?,
+                epoch: LeaseEpoch(
+                    row.try_get::<Option<i64>, _>("epoch")
+                        .map_err(read())?
+                        .unwrap_or(0),
+                ),
+            };
+            Ok((tp, committed))
+        })
+        .collect()
+}
+
+/// Records index entries committed (or swapped in), each under its epoch, in one
+/// statement: what [`MetadataStore::commit`] and [`MetadataStore::replace_entries`] share.
+async fn insert_entries<'a>(
+    tx: &mut sqlx::SqliteConnection,
+    entries: impl Iterator<Item = (&'a IndexEntry, LeaseEpoch)>,
 ) -> Result<()> {
+    let rows = entries
+        .map(|(e, epoch)| {
+            Ok(serde_json::json!([
+                e.tp.topic,
+                e.tp.partition.0,
+                e.base_offset.0,
+                e.end_offset.0,
+                e.object_key,
+                to_i64(e.byte_start)?,
+                to_i64(e.byte_len)?,
+                e.max_timestamp,
+                epoch.0
+            ]))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    if rows.is_empty() {
+        return Ok(());
+    }
     sqlx::query(
         "INSERT INTO index_entries (topic, partition_id, base_offset, end_offset, object_key, \
          byte_start, byte_len, max_timestamp, leader_epoch) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+         SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5, \
+         value ->> 6, value ->> 7, value ->> 8 FROM json_each(?)",
     )
-    .bind(&entry.tp.topic)
-    .bind(entry.tp.partition.0)
-    .bind(entry.base_offset.0)
-    .bind(entry.end_offset.0)
-    .bind(&entry.object_key)
-    .bind(to_i64(entry.byte_start)?)
-    .bind(to_i64(entry.byte_len)?)
-    .bind(entry.max_timestamp)
-    .bind(epoch.0)
+    .bind(json_rows(rows.into_iter()))
     .execute(&mut *tx)
     .await
-    .map_err(MetadataError::db("insert index entry"))?;
+    .map_err(MetadataError::db("insert index entries"))?;
     Ok(())
 }
 
@@ -1324,64 +1380,73 @@ async fn insert_object(tx: &mut sqlx::SqliteConnection, object: &ObjectRecord) -
     Ok(())
 }
 
-/// Writes the new states of the producers that appended in one partition's share of a
-/// commit, inside the commit's transaction: the state row is replaced and the remembered
-/// batches with it.
+/// Writes the new states of the producers that appended in a commit's accepted shares,
+/// inside the commit's transaction: each state row is replaced and its remembered batches
+/// with it, three statements for all of them.
 async fn store_producer_states(
-    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
-    tp: &TopicPartition,
-    producers: &[ProducerState],
+    tx: &mut sqlx::SqliteConnection,
+    producers: &BTreeMap<(&TopicPartition, ProducerId), &ProducerState>,
 ) -> Result<()> {
-    for p in producers {
-        if p.batches.len() > PRODUCER_BATCHES_KEPT {
-            return Err(MetadataError::Invalid {
-                message: format!(
-                    "{} batches for producer {} of {tp}; at most {PRODUCER_BATCHES_KEPT} are kept",
-                    p.batches.len(),
-                    p.producer_id
-                ),
-            });
-        }
-        sqlx::query(&format!(
-            "INSERT INTO producer_states (topic, partition_id, producer_id, producer_epoch, \
-             last_sequence, updated_at_ms) VALUES (?, ?, ?, ?, ?, {NOW_MS}) \
-             ON CONFLICT (topic, partition_id, producer_id) DO UPDATE SET \
-             producer_epoch = excluded.producer_epoch, last_sequence = excluded.last_sequence, \
-             updated_at_ms = excluded.updated_at_ms"
-        ))
-        .bind(&tp.topic)
-        .bind(tp.partition.0)
-        .bind(p.producer_id.0)
-        .bind(p.producer_epoch.0)
-        .bind(p.last_sequence)
-        .execute(&mut **tx)
-        .await
-        .map_err(MetadataError::db("store producer state"))?;
-        sqlx::query(
-            "DELETE FROM producer_batches WHERE topic = ? AND partition_id = ? AND producer_id = ?",
-        )
-        .bind(&tp.topic)
-        .bind(tp.partition.0)
-        .bind(p.producer_id.0)
-        .execute(&mut **tx)
-        .await
-        .map_err(MetadataError::db("replace producer batches"))?;
-        for b in &p.batches {
-            sqlx::query(
-                "INSERT INTO producer_batches (topic, partition_id, producer_id, base_offset, \
-                 first_sequence, last_sequence) VALUES (?, ?, ?, ?, ?, ?)",
-            )
-            .bind(&tp.topic)
-            .bind(tp.partition.0)
-            .bind(p.producer_id.0)
-            .bind(b.base_offset.0)
-            .bind(b.first_sequence)
-            .bind(b.last_sequence)
-            .execute(&mut **tx)
-            .await
-            .map_err(MetadataError::db("store producer batch"))?;
-        }
+    if producers.is_empty() {
+        return Ok(());
     }
+    let states = json_rows(producers.iter().map(|((tp, id), p)| {
+        serde_json::json!([
+            tp.topic,
+            tp.partition.0,
+            id.0,
+            p.producer_epoch.0,
+            p.last_sequence
+        ])
+    }));
+    // `WHERE true`: SQLite's parser needs it to tell the upsert's ON CONFLICT from a join's ON.
+    sqlx::query(&format!(
+        "INSERT INTO producer_states (topic, partition_id, producer_id, producer_epoch, \
+         last_sequence, updated_at_ms) \
+         SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, {NOW_MS} \
+         FROM json_each(?) WHERE true \
+         ON CONFLICT (topic, partition_id, producer_id) DO UPDATE SET \
+         producer_epoch = excluded.producer_epoch, last_sequence = excluded.last_sequence, \
+         updated_at_ms = excluded.updated_at_ms"
+    ))
+    .bind(&states)
+    .execute(&mut *tx)
+    .await
+    .map_err(MetadataError::db("store producer states"))?;
+    sqlx::query(
+        "DELETE FROM producer_batches WHERE rowid IN (SELECT b.rowid FROM json_each(?) AS k \
+         CROSS JOIN producer_batches b ON b.topic = k.value ->> 0 \
+         AND b.partition_id = k.value ->> 1 AND b.producer_id = k.value ->> 2)",
+    )
+    .bind(&states)
+    .execute(&mut *tx)
+    .await
+    .map_err(MetadataError::db("replace producer batches"))?;
+    if producers.values().all(|p| p.batches.is_empty()) {
+        return Ok(());
+    }
+    let batches = json_rows(producers.iter().flat_map(|((tp, id), p)| {
+        p.batches.iter().map(move |b| {
+            serde_json::json!([
+                tp.topic,
+                tp.partition.0,
+                id.0,
+                b.base_offset.0,
+                b.first_sequence,
+                b.last_sequence
+            ])
+        })
+    }));
+    sqlx::query(
+        "INSERT INTO producer_batches (topic, partition_id, producer_id, base_offset, \
+         first_sequence, last_sequence) \
+         SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5 \
+         FROM json_each(?)",
+    )
+    .bind(batches)
+    .execute(&mut *tx)
+    .await
+    .map_err(MetadataError::db("store producer batches"))?;
     Ok(())
 }
 
