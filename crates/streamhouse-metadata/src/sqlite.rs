@@ -729,22 +729,16 @@ impl MetadataStore for SqliteStore {
         insert_object(&mut tx, object).await?;
         // Keeps "no entry ends at or below the log start" (new entries end where old ones
         // did, and those were above it, so this only guards against a future caller).
-        let kept: Vec<_> = new
-            .iter()
-            .filter(|s| s.entry.end_offset.0 > log_start)
-            .map(|s| (&s.entry, s.leader_epoch))
-            .collect();
-        if kept.is_empty() {
-            // Named by no entry from the start: no deletion will mark it, so mark it here.
-            sqlx::query(&format!(
-                "UPDATE objects SET unreferenced_since_ms = {NOW_MS} WHERE object_key = ?"
-            ))
-            .bind(&object.key)
-            .execute(&mut *tx)
-            .await
-            .map_err(MetadataError::db("mark the swapped-in object unnamed"))?;
-        }
-        insert_entries(&mut tx, kept.into_iter()).await?;
+        // The last new entry ends where the last old one did, above the log start, so the new
+        // object is always named (and the trigger of migration 0007 marks it when it no
+        // longer is).
+        insert_entries(
+            &mut tx,
+            new.iter()
+                .filter(|s| s.entry.end_offset.0 > log_start)
+                .map(|s| (&s.entry, s.leader_epoch)),
+        )
+        .await?;
         tx.commit()
             .await
             .map_err(MetadataError::db("commit compaction swap"))?;
@@ -813,9 +807,10 @@ impl MetadataStore for SqliteStore {
         .execute(&mut *tx)
         .await
         .map_err(MetadataError::db("record orphans"))?;
-        let orphaned: Vec<String> = sqlx::query_scalar(
+        let orphans: Vec<String> = sqlx::query_scalar(
             "SELECT object_key FROM objects \
-             WHERE object_key IN (SELECT value FROM json_each(?)) AND state = 'orphan'",
+             WHERE object_key IN (SELECT value FROM json_each(?)) AND state = 'orphan' \
+             ORDER BY object_key",
         )
         .bind(&keys_json)
         .fetch_all(&mut *tx)
@@ -824,12 +819,7 @@ impl MetadataStore for SqliteStore {
         tx.commit()
             .await
             .map_err(MetadataError::db("commit orphan claim"))?;
-        let orphaned: std::collections::HashSet<String> = orphaned.into_iter().collect();
-        Ok(keys
-            .iter()
-            .filter(|k| orphaned.contains(*k))
-            .cloned()
-            .collect())
+        Ok(orphans)
     }
 
     async fn set_topic_configs(
