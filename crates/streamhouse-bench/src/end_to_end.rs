@@ -9,11 +9,13 @@
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use hdrhistogram::Histogram;
 use streamhouse_client::{
     Admin, AutoOffsetReset, ClientError, Consumer, ConsumerConfig, DeliveryHandle, Producer,
     ProducerConfig, ProducerRecord,
 };
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use crate::checker::OffsetChecker;
@@ -79,12 +81,23 @@ pub fn latency_us(sent: Duration, received: Duration) -> u64 {
     u64::try_from(us).unwrap_or(u64::MAX).max(1)
 }
 
+/// What an end-to-end run measured.
+#[derive(Debug, Clone)]
+pub struct EndToEndReports {
+    /// The producers' side: latency from each record's scheduled send time to its
+    /// acknowledgement (its offset known), offsets acknowledged checked for gaps and repeats.
+    pub produce: BenchReport,
+    /// The consumer's side: latency from each record's scheduled send time to its arrival.
+    pub end_to_end: BenchReport,
+}
+
 /// Sends `cfg.records` records at `cfg.rate` records/s (shared by `cfg.producers` producers)
 /// to `cfg.topic` while one member of a
 /// new consumer group (subscribed before the first send, reading from the latest offset)
 /// receives them; reports send-to-receive latency per record and the throughput seen by the
-/// consumer. Offsets received must be gap-free and unique per partition.
-pub async fn run_end_to_end(cfg: &BenchConfig) -> Result<BenchReport, BenchError> {
+/// consumer, and the producers' acknowledgement latency. Offsets received and acknowledged
+/// must be gap-free and unique per partition.
+pub async fn run_end_to_end(cfg: &BenchConfig) -> Result<EndToEndReports, BenchError> {
     cfg.validate()?;
     let setup = |what: &str| {
         let what = what.to_owned();
@@ -131,6 +144,13 @@ pub async fn run_end_to_end(cfg: &BenchConfig) -> Result<BenchReport, BenchError
         }
     }
 
+    // Where each partition's log ends: the first offset this run's acknowledgements get.
+    let starts: Vec<(i32, i64)> = consumer
+        .assignment()
+        .iter()
+        .filter_map(|(_, p)| Some((*p, consumer.position(&cfg.topic, *p)?)))
+        .collect();
+
     // `cfg.producers` producers share the rate, so that the offered load, not one producer's
     // own ceiling, is what is measured.
     let producer_config = ProducerConfig {
@@ -157,16 +177,39 @@ pub async fn run_end_to_end(cfg: &BenchConfig) -> Result<BenchReport, BenchError
     let bar = progress::bar(cfg.progress, cfg.records, "end-to-end");
     let start = Instant::now();
 
-    // Delivery outcomes are checked in the background; the first failure stops the run.
-    let (handles_tx, mut handles_rx) = mpsc::unbounded_channel::<DeliveryHandle>();
+    // Delivery outcomes are checked in the background, as they arrive (a slow partition does
+    // not hold up the others' figures); the first failure stops the run. Each record's
+    // acknowledgement time minus its scheduled send time is the produce latency.
+    let (handles_tx, mut handles_rx) = mpsc::unbounded_channel::<(DeliveryHandle, Duration)>();
+    let (acks_tx, acks_rx) = oneshot::channel::<(Histogram<u64>, u64, u64)>();
     let deliveries = tokio::spawn(async move {
-        let mut delivered = 0u64;
-        while let Some(h) = handles_rx.recv().await {
-            h.wait_offset()
-                .await
-                .map_err(|source| BenchError::Delivery { delivered, source })?;
-            delivered += 1;
+        let mut pending = FuturesUnordered::new();
+        let mut acked = latency_histogram();
+        let mut acked_offsets = OffsetChecker::new();
+        for (partition, first_offset) in starts {
+            acked_offsets.start(partition, first_offset);
         }
+        let mut delivered = 0u64;
+        let mut sending = true;
+        loop {
+            tokio::select! {
+                next = handles_rx.recv(), if sending => match next {
+                    Some((handle, sent)) => {
+                        pending.push(async move { (handle.wait_offset().await, sent) });
+                    }
+                    None => sending = false,
+                },
+                Some((outcome, sent)) = pending.next() => {
+                    let meta =
+                        outcome.map_err(|source| BenchError::Delivery { delivered, source })?;
+                    acked_offsets.record(meta.partition, meta.offset);
+                    acked.saturating_record(latency_us(sent, start.elapsed()));
+                    delivered += 1;
+                }
+                else => break,
+            }
+        }
+        let _ = acks_tx.send((acked, acked_offsets.errors(), delivered));
         Ok::<u64, BenchError>(delivered)
     });
     let mut tasks = vec![Some(deliveries)];
@@ -181,7 +224,8 @@ pub async fn run_end_to_end(cfg: &BenchConfig) -> Result<BenchReport, BenchError
             while sent < total {
                 let due = records_due(start.elapsed(), rate).min(total);
                 while sent < due {
-                    let value = stamped_value(run_id, scheduled_at(sent, rate), &filler, size);
+                    let scheduled = scheduled_at(sent, rate);
+                    let value = stamped_value(run_id, scheduled, &filler, size);
                     let record = ProducerRecord {
                         topic: topic.clone(),
                         value: Some(value),
@@ -195,7 +239,7 @@ pub async fn run_end_to_end(cfg: &BenchConfig) -> Result<BenchReport, BenchError
                                 delivered: sent,
                                 source,
                             })?;
-                    if handles_tx.send(handle).is_err() {
+                    if handles_tx.send((handle, scheduled)).is_err() {
                         return Ok(sent); // a delivery failed; the collector reports it
                     }
                     sent += 1;
@@ -272,14 +316,29 @@ pub async fn run_end_to_end(cfg: &BenchConfig) -> Result<BenchReport, BenchError
     for t in tasks.into_iter().flatten() {
         joined(t.await)?;
     }
-    Ok(BenchReport::new(
-        BenchKind::EndToEnd,
-        received,
-        bytes,
-        elapsed,
-        &latency,
-        checker.errors(),
-    ))
+    // The delivery task may have been reaped already: its figures come this way.
+    let (acked, ack_errors, delivered) = acks_rx
+        .await
+        .map_err(|_| BenchError::Task("the delivery task ended without its figures".into()))?;
+    let record_size = u64::try_from(cfg.record_size).unwrap_or(u64::MAX);
+    Ok(EndToEndReports {
+        produce: BenchReport::new(
+            BenchKind::Produce,
+            delivered,
+            delivered.saturating_mul(record_size),
+            elapsed,
+            &acked,
+            ack_errors,
+        ),
+        end_to_end: BenchReport::new(
+            BenchKind::EndToEnd,
+            received,
+            bytes,
+            elapsed,
+            &latency,
+            checker.errors(),
+        ),
+    })
 }
 
 type Task = tokio::task::JoinHandle<Result<u64, BenchError>>;

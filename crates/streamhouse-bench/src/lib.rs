@@ -27,7 +27,7 @@ pub mod rest;
 pub use checker::OffsetChecker;
 pub use config::BenchConfig;
 pub use consume::run_consume;
-pub use end_to_end::run_end_to_end;
+pub use end_to_end::{run_end_to_end, EndToEndReports};
 pub use error::BenchError;
 pub use group::run_group_consume;
 pub use produce::run_produce;

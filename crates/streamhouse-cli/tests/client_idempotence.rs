@@ -391,6 +391,13 @@ async fn bench_group_consume_and_end_to_end() {
     })
     .await
     .unwrap();
+    let (acked, e2e) = (e2e.produce, e2e.end_to_end);
+    assert_eq!(acked.records, 2_000, "{acked:?}");
+    assert_eq!(acked.offset_errors, 0);
+    assert!(
+        acked.p50_ms > 0.0 && acked.p50_ms <= acked.max_ms,
+        "{acked:?}"
+    );
     assert_eq!(e2e.records, 2_000);
     assert_eq!(e2e.offset_errors, 0);
     assert!(e2e.p50_ms > 0.0 && e2e.p50_ms <= e2e.max_ms, "{e2e:?}");
