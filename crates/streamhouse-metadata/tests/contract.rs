@@ -1187,6 +1187,25 @@ async fn compaction_swaps_entries_only_when_nothing_changed_underneath() {
                 .unwrap(),
             Swap::Changed
         );
+        // As many entries over the same offsets, but naming other objects: a change too.
+        let stale: Vec<IndexEntry> = entries[..2]
+            .iter()
+            .map(|e| IndexEntry {
+                object_key: "o1".into(),
+                ..e.clone()
+            })
+            .collect();
+        assert_eq!(
+            store
+                .replace_entries(
+                    &object("c5", &a),
+                    &stale,
+                    &swapped(&tp, "c5", lease.epoch, &[(0, 9)])
+                )
+                .await
+                .unwrap(),
+            Swap::Changed
+        );
         // An object key already recorded fails the whole swap.
         let c1_rows: Vec<IndexEntry> = entries[..2].to_vec();
         let reuse = swapped(&tp, "o3", lease.epoch, &[(0, 9)]);
