@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::str::FromStr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,6 +32,9 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite")
 /// store's writers therefore take turns, first come first served, on an async mutex before
 /// they ask SQLite, and each starts the moment the one before it ends. (Another process on
 /// the same file still meets the busy handler; embedded mode has one.)
+///
+/// Flush commits, which producers wait for, also go before background writes (compaction
+/// swaps, garbage collection): see [`Turns`].
 struct WriteTx {
     tx: sqlx::Transaction<'static, sqlx::Sqlite>,
     _turn: tokio::sync::OwnedMutexGuard<()>,
@@ -55,12 +59,83 @@ impl std::ops::DerefMut for WriteTx {
     }
 }
 
+/// Who writes next (see [`WriteTx`]): first come, first served, except that a background
+/// write does not join the queue while a flush commit is waiting in it (for at most
+/// [`BACKGROUND_YIELD`]), so a flush commit waits for at most one background write, the one
+/// already running. At 10 MiB/s of produce with compaction swapping runs every few
+/// milliseconds, flush commits otherwise often found a swap queued before them.
+#[derive(Debug, Default)]
+struct Turns {
+    /// Held for the length of a write.
+    lock: Arc<tokio::sync::Mutex<()>>,
+    /// Flush commits waiting for their turn.
+    commits_waiting: AtomicUsize,
+    /// Notified when the last waiting flush commit got its turn.
+    commits_served: tokio::sync::Notify,
+}
+
+/// Longest a background write lets flush commits go first: under a steady stream of
+/// commits it then queues anyway, so compaction still progresses.
+const BACKGROUND_YIELD: Duration = Duration::from_millis(20);
+
+/// Counts a flush commit as waiting for as long as it lives (also if its caller gives up).
+struct CommitWaiting<'a>(&'a Turns);
+
+impl Drop for CommitWaiting<'_> {
+    fn drop(&mut self) {
+        if self.0.commits_waiting.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.commits_served.notify_waiters();
+        }
+    }
+}
+
+/// Which writes go first (see [`Turns`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Priority {
+    /// A flush's commit: producers wait for it.
+    Commit,
+    Normal,
+    /// Compaction swaps and garbage collection: nobody waits for them.
+    Background,
+}
+
+impl Turns {
+    /// Waits for a turn to write.
+    async fn take(&self, priority: Priority) -> tokio::sync::OwnedMutexGuard<()> {
+        match priority {
+            Priority::Commit => {
+                self.commits_waiting.fetch_add(1, Ordering::AcqRel);
+                let _waiting = CommitWaiting(self);
+                self.lock.clone().lock_owned().await
+            }
+            Priority::Normal => self.lock.clone().lock_owned().await,
+            Priority::Background => {
+                let served = async {
+                    loop {
+                        let notified = self.commits_served.notified();
+                        tokio::pin!(notified);
+                        // Registered before the count is read, so a wake-up cannot slip
+                        // between the two.
+                        notified.as_mut().enable();
+                        if self.commits_waiting.load(Ordering::Acquire) == 0 {
+                            return;
+                        }
+                        notified.await;
+                    }
+                };
+                let _ = tokio::time::timeout(BACKGROUND_YIELD, served).await;
+                self.lock.clone().lock_owned().await
+            }
+        }
+    }
+}
+
 /// Metadata kept in one SQLite database file.
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     pool: SqlitePool,
     /// Whose turn it is to write: see [`WriteTx`].
-    writer: Arc<tokio::sync::Mutex<()>>,
+    turns: Arc<Turns>,
     /// Keeps the background checkpoint task going; it stops once the store is dropped.
     _checkpoints: Arc<()>,
 }
@@ -86,11 +161,11 @@ impl SqliteStore {
             .run(&pool)
             .await
             .map_err(MetadataError::Migration)?;
-        let writer = Arc::new(tokio::sync::Mutex::new(()));
-        let checkpoints = checkpoint_in_background(&pool, options, writer.clone());
+        let turns = Arc::new(Turns::default());
+        let checkpoints = checkpoint_in_background(&pool, options, turns.lock.clone());
         Ok(SqliteStore {
             pool,
-            writer,
+            turns,
             _checkpoints: checkpoints,
         })
     }
@@ -99,7 +174,12 @@ impl SqliteStore {
     /// SQLite's write lock at once, so a transaction that reads before it writes cannot fail
     /// on upgrading its lock.
     async fn write_tx(&self, context: &'static str) -> Result<WriteTx> {
-        let turn = self.writer.clone().lock_owned().await;
+        self.write_tx_as(Priority::Normal, context).await
+    }
+
+    /// [`SqliteStore::write_tx`] for a write of the given priority (see [`Turns`]).
+    async fn write_tx_as(&self, priority: Priority, context: &'static str) -> Result<WriteTx> {
+        let turn = self.turns.take(priority).await;
         let tx = crate::begin_detached(&self.pool, "BEGIN IMMEDIATE")
             .await
             .map_err(MetadataError::db(context))?;
@@ -107,8 +187,8 @@ impl SqliteStore {
     }
 
     /// Waits for this store's turn to write, for a write of one statement (see [`WriteTx`]).
-    async fn write_turn(&self) -> tokio::sync::MutexGuard<'_, ()> {
-        self.writer.lock().await
+    async fn write_turn(&self, priority: Priority) -> tokio::sync::OwnedMutexGuard<()> {
+        self.turns.take(priority).await
     }
 
     async fn topic_configs(&self, name: &str) -> Result<BTreeMap<String, String>> {
@@ -434,7 +514,7 @@ impl MetadataStore for SqliteStore {
     }
 
     async fn heartbeat(&self, agent: &AgentId) -> Result<()> {
-        let _turn = self.write_turn().await;
+        let _turn = self.write_turn(Priority::Normal).await;
         let updated = sqlx::query(&format!(
             "UPDATE agents SET last_heartbeat_ms = {NOW_MS} WHERE agent_id = ?"
         ))
@@ -472,7 +552,7 @@ impl MetadataStore for SqliteStore {
     }
 
     async fn deregister_agent(&self, agent: &AgentId) -> Result<()> {
-        let _turn = self.write_turn().await;
+        let _turn = self.write_turn(Priority::Normal).await;
         sqlx::query("UPDATE agents SET last_heartbeat_ms = 0 WHERE agent_id = ?")
             .bind(&agent.0)
             .execute(&self.pool)
@@ -551,7 +631,7 @@ impl MetadataStore for SqliteStore {
         holder: &AgentId,
         epoch: LeaseEpoch,
     ) -> Result<()> {
-        let _turn = self.write_turn().await;
+        let _turn = self.write_turn(Priority::Normal).await;
         sqlx::query(
             "UPDATE leases SET holder = NULL, expires_at_ms = 0 \
              WHERE topic = ? AND partition_id = ? AND holder = ? AND epoch = ?",
@@ -571,7 +651,7 @@ impl MetadataStore for SqliteStore {
         object: &ObjectRecord,
         partitions: &[PartitionCommit],
     ) -> Result<Vec<std::result::Result<(), CommitRejection>>> {
-        let mut tx = self.write_tx("begin commit").await?;
+        let mut tx = self.write_tx_as(Priority::Commit, "begin commit").await?;
         let committed =
             read_committed(&mut tx, &crate::fence::commit_partitions(partitions)).await?;
         let plan = crate::fence::plan_commit(partitions, committed)?;
@@ -719,7 +799,9 @@ impl MetadataStore for SqliteStore {
         // `old` has and each names an object of `old`. Counted by the store under the writer
         // lock: comparing every column of every entry took 2-6 ms of it for 500 entries.
         let old_keys = json_rows(old.iter().map(|e| serde_json::json!(e.object_key)));
-        let mut tx = self.write_tx("begin compaction swap").await?;
+        let mut tx = self
+            .write_tx_as(Priority::Background, "begin compaction swap")
+            .await?;
         let row = sqlx::query(
             "SELECT (SELECT log_start_offset FROM partitions \
                      WHERE topic = ?1 AND partition_id = ?2) AS log_start, \
@@ -777,7 +859,7 @@ impl MetadataStore for SqliteStore {
     }
 
     async fn claim_job(&self, job: &str, holder: &AgentId, ttl: Duration) -> Result<bool> {
-        let _turn = self.write_turn().await;
+        let _turn = self.write_turn(Priority::Normal).await;
         let done = sqlx::query(&format!(
             "INSERT INTO maintenance_jobs (job, holder, expires_at_ms) VALUES (?, ?, {NOW_MS} + ?) \
              ON CONFLICT (job) DO UPDATE SET holder = excluded.holder, \
@@ -814,7 +896,7 @@ impl MetadataStore for SqliteStore {
     }
 
     async fn forget_objects(&self, keys: &[String]) -> Result<()> {
-        let _turn = self.write_turn().await;
+        let _turn = self.write_turn(Priority::Background).await;
         sqlx::query(
             "DELETE FROM objects WHERE object_key IN (SELECT value FROM json_each(?)) \
              AND state = 'live' AND unreferenced_since_ms IS NOT NULL",
@@ -828,7 +910,9 @@ impl MetadataStore for SqliteStore {
 
     async fn claim_orphans(&self, keys: &[String], holder: &AgentId) -> Result<Vec<String>> {
         let keys_json = json_rows(keys.iter().map(|k| serde_json::json!(k)));
-        let mut tx = self.write_tx("begin orphan claim").await?;
+        let mut tx = self
+            .write_tx_as(Priority::Background, "begin orphan claim")
+            .await?;
         // `WHERE true`: SQLite's parser needs it to tell the upsert's ON CONFLICT from a join's ON.
         sqlx::query(&format!(
             "INSERT INTO objects (object_key, size_bytes, writer, created_at_ms, state) \
@@ -980,7 +1064,9 @@ impl MetadataStore for SqliteStore {
     }
 
     async fn advance_clean_offset(&self, tp: &TopicPartition, offset: Offset) -> Result<Offset> {
-        let mut tx = self.write_tx("begin log compaction checkpoint").await?;
+        let mut tx = self
+            .write_tx_as(Priority::Background, "begin log compaction checkpoint")
+            .await?;
         let moved: Option<i64> = sqlx::query_scalar(
             "UPDATE partitions SET clean_offset = MAX(clean_offset, MIN(?, high_watermark)) \
              WHERE topic = ? AND partition_id = ? RETURNING clean_offset",
@@ -1100,7 +1186,7 @@ impl MetadataStore for SqliteStore {
     }
 
     async fn delete_group_offsets(&self, group: &str) -> Result<bool> {
-        let _turn = self.write_turn().await;
+        let _turn = self.write_turn(Priority::Normal).await;
         let deleted = sqlx::query("DELETE FROM group_offsets WHERE group_id = ?")
             .bind(group)
             .execute(&self.pool)
@@ -1486,7 +1572,73 @@ async fn store_producer_states(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::atomic::AtomicBool;
+
+    /// The order in which writers got their turn.
+    type Order = Arc<std::sync::Mutex<Vec<&'static str>>>;
+
+    /// A writer that waits for its turn, notes it in `order`, and lets go at once.
+    fn spawn_writer(
+        turns: &Arc<Turns>,
+        order: &Order,
+        priority: Priority,
+        name: &'static str,
+    ) -> tokio::task::JoinHandle<()> {
+        let (turns, order) = (turns.clone(), order.clone());
+        tokio::spawn(async move {
+            let _turn = turns.take(priority).await;
+            order.lock().unwrap().push(name);
+        })
+    }
+
+    /// Flush commits go before a background write that arrived after the first of them,
+    /// even one that arrived before the others: first come, first served among the rest.
+    #[tokio::test]
+    async fn flush_commits_go_before_background_writes() {
+        let turns = Arc::new(Turns::default());
+        let order: Order = Arc::default();
+        let holder = turns.take(Priority::Normal).await;
+        let writer = |priority, name| spawn_writer(&turns, &order, priority, name);
+        let settle = || tokio::time::sleep(Duration::from_millis(5));
+        let first = writer(Priority::Commit, "commit 1");
+        settle().await;
+        let background = writer(Priority::Background, "swap");
+        settle().await;
+        let normal = writer(Priority::Normal, "lease");
+        settle().await;
+        let second = writer(Priority::Commit, "commit 2");
+        settle().await;
+        drop(holder);
+        for task in [first, background, normal, second] {
+            task.await.unwrap();
+        }
+        assert_eq!(
+            *order.lock().unwrap(),
+            vec!["commit 1", "lease", "commit 2", "swap"]
+        );
+    }
+
+    /// A background write lets flush commits go first only for a while: then it queues
+    /// like any other write, ahead of commits that arrive after.
+    #[tokio::test]
+    async fn a_background_write_yields_only_for_a_while() {
+        let turns = Arc::new(Turns::default());
+        let order: Order = Arc::default();
+        let holder = turns.take(Priority::Normal).await;
+        let writer = |priority, name| spawn_writer(&turns, &order, priority, name);
+        let first = writer(Priority::Commit, "commit 1");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let background = writer(Priority::Background, "swap");
+        tokio::time::sleep(BACKGROUND_YIELD * 3).await;
+        let second = writer(Priority::Commit, "commit 2");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        drop(holder);
+        for task in [first, background, second] {
+            task.await.unwrap();
+        }
+        assert_eq!(*order.lock().unwrap(), vec!["commit 1", "swap", "commit 2"]);
+        assert_eq!(turns.commits_waiting.load(Ordering::Acquire), 0);
+    }
 
     /// A fresh store in a temporary directory (kept as long as the directory is).
     async fn scratch_store() -> (tempfile::TempDir, SqliteStore) {
