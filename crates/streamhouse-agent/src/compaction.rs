@@ -61,8 +61,8 @@ const ENTRIES_PER_LOOKUP: usize = 1000;
 /// Most entries one swap replaces, in object and log compaction alike: keeps each swap
 /// transaction (and the flush commits waiting for it) short. At 10 MiB/s of produce on a
 /// 2-core machine, swaps of 500 entries held SQLite's writer lock 6-10 ms each and the
-/// produce p99 rose from 12-14 ms to 25-36 ms during compaction; with 50 (and flush commits
-/// going before swaps), to 16-19 ms.
+/// produce p99 rose from 11-15 ms to 25-36 ms during compaction; with 50 (and flush commits
+/// going before swaps), to 13-19 ms.
 pub(crate) const MAX_RUN_ENTRIES: usize = 50;
 /// Slices read at once while merging.
 const READ_CONCURRENCY: usize = 16;

@@ -62,7 +62,7 @@ impl std::ops::DerefMut for WriteTx {
 /// Who writes next (see [`WriteTx`]): first come, first served, except that a background
 /// write does not join the queue while a flush commit is waiting in it (for at most
 /// [`BACKGROUND_YIELD`]), so a flush commit waits for at most one background write, the one
-/// already running. At 10 MiB/s of produce with compaction swapping runs every few
+/// already running, unless commits kept one waiting that long. At 10 MiB/s of produce with compaction swapping runs every few
 /// milliseconds, flush commits otherwise often found a swap queued before them.
 #[derive(Debug, Default)]
 struct Turns {
@@ -1591,8 +1591,9 @@ mod tests {
         })
     }
 
-    /// Flush commits go before a background write that arrived after the first of them,
-    /// even one that arrived before the others: first come, first served among the rest.
+    /// A background write that arrives while a flush commit waits lets that commit, and the
+    /// ones arriving after it, go first; the other writes keep first-come-first-served order
+    /// among themselves and with the commits.
     #[tokio::test]
     async fn flush_commits_go_before_background_writes() {
         let turns = Arc::new(Turns::default());
