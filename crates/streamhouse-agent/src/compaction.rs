@@ -20,7 +20,7 @@
 //!
 //! Two kinds of runs are merged, never mixed:
 //! - *small* entries (under `compaction_entry_bytes`: flush slices) into objects of up to
-//!   `compaction_target_bytes` or [`MAX_RUN_ENTRIES`] (50) entries, whichever comes first (a
+//!   `compaction_target_bytes` or [`MAX_RUN_ENTRIES`] (25) entries, whichever comes first (a
 //!   swap's transaction holds SQLite's writer lock, or on PostgreSQL the partition's row
 //!   lock, which the flushes' commits wait for: at most that many entries keep it short);
 //! - *medium* entries (larger, in an object under an eighth of the target: large flush slices,
@@ -34,9 +34,10 @@
 //! become medium entries themselves) or once its oldest entry was committed
 //! `compaction_window` ago, and only if it spans several objects. So a quiet partition still ends up with one object per window instead of
 //! one per flush, a busy one with objects of 8 MiB to the target size, and each byte is
-//! rewritten at most twice, except in a partition whose flush slices are under about 5 KiB:
+//! rewritten at most twice, except in a partition whose flush slices are under about 10 KiB:
 //! [`MAX_RUN_ENTRIES`] of them make an object whose entry is small again, so its bytes are
-//! rewritten three times (little I/O, since such a partition is slow).
+//! rewritten three times, or more when slices are smaller still (little I/O, since such a
+//! partition is slow).
 //!
 //! [`MetadataStore::replace_entries`]: streamhouse_metadata::MetadataStore::replace_entries
 
@@ -62,8 +63,10 @@ const ENTRIES_PER_LOOKUP: usize = 1000;
 /// transaction (and the flush commits waiting for it) short. At 10 MiB/s of produce on a
 /// 2-core machine, swaps of 500 entries held SQLite's writer lock 6-10 ms each and the
 /// produce p99 rose from 11-15 ms to 25-36 ms during compaction; with 50 (and flush commits
-/// going before swaps), to 13-19 ms.
-pub(crate) const MAX_RUN_ENTRIES: usize = 50;
+/// going before swaps), swaps held it about 2 ms and the p99 rose by about 30%; with 25 (and
+/// swaps not waiting for an fsync), about 1.25 ms and 15%. With 10 or 15 they held it no
+/// shorter: about 1 ms of a swap does not depend on its size.
+pub(crate) const MAX_RUN_ENTRIES: usize = 25;
 /// Slices read at once while merging.
 const READ_CONCURRENCY: usize = 16;
 

@@ -96,10 +96,27 @@ async fn compaction_cuts_objects_entries_and_gets_twentyfold_without_changing_a_
     assert_eq!(done.conflicts, 0);
     // Nothing is deleted before garbage collection, and reads see the same bytes.
     assert_eq!(object_count(&agent).await, objects_before + done.objects);
+    // Slices this small are merged more than once: the object a run of MAX_RUN_ENTRIES of
+    // them becomes holds one small entry again. Passes go on until one merges nothing.
+    let mut written = done.objects;
+    for pass in 2.. {
+        let more = agent.compact().await.unwrap();
+        assert_eq!(more.conflicts, 0);
+        if more.objects == 0 {
+            break;
+        }
+        written += more.objects;
+        assert!(pass < 5, "pass {pass} still merged: {more:?}");
+    }
     let gc = agent.collect_garbage().await.unwrap();
     assert!(gc.ran);
-    assert_eq!(gc.unreferenced_deleted, 2000, "{gc:?}");
+    // Every object but those the index names now is gone.
     let objects_after = object_count(&agent).await;
+    assert_eq!(
+        gc.unreferenced_deleted,
+        2000 + written - objects_after,
+        "{gc:?}"
+    );
     assert!(
         objects_after * 20 <= objects_before,
         "{objects_before} objects became {objects_after}"
@@ -122,17 +139,6 @@ async fn compaction_cuts_objects_entries_and_gets_twentyfold_without_changing_a_
         let records = decode(&bytes, Offset(0));
         assert_eq!(records.len(), 50_000);
         assert!(records.iter().enumerate().all(|(i, (o, _))| *o == i as i64));
-    }
-    // A second pass merges each partition's objects (runs of at most 500 small entries
-    // each) into one; a third finds nothing worth merging.
-    let second = agent.compact().await.unwrap();
-    assert_eq!(second.objects, 2, "{second:?}");
-    assert_eq!(agent.compact().await.unwrap().objects, 0);
-    for (tp, (bytes_before, _)) in tps.iter().zip(&before) {
-        assert_eq!(
-            read_bytes(&agent, tp, Offset(0)).await.concat(),
-            bytes_before.concat()
-        );
     }
 }
 

@@ -165,7 +165,10 @@ pub trait MetadataStore: Send + Sync + std::fmt::Debug {
     /// underneath), records `object` (a key any commit or garbage collection already
     /// recorded fails the whole swap), deletes `old` and inserts `new`, which must cover the
     /// same offsets contiguously and name `object`. Readers see the same records at the same
-    /// offsets before and after. [`Swap::Changed`] when the check fails.
+    /// offsets before and after. [`Swap::Changed`] when the check fails. SQLite does not wait
+    /// for the swap to be on disk (a power loss may undo it until the next synced commit; a
+    /// crash of the process does not): nothing but deleting the objects it unnamed depends
+    /// on it, and [`MetadataStore::unreferenced_objects`] hands those out durably.
     async fn replace_entries(
         &self,
         object: &ObjectRecord,
@@ -182,7 +185,8 @@ pub trait MetadataStore: Send + Sync + std::fmt::Debug {
     /// deleted from the object store. SQLite marks an object as its last entry is deleted;
     /// PostgreSQL marks here, checking the live objects against the index (concurrent
     /// transactions deleting the last entries of one object would each still see the
-    /// other's, and neither would mark it).
+    /// other's, and neither would mark it). What it returns is durable: a power loss cannot
+    /// bring back an entry naming one of them.
     async fn unreferenced_objects(&self, grace: Duration, limit: usize) -> Result<Vec<String>>;
 
     /// Forgets objects returned by [`MetadataStore::unreferenced_objects`] once they are

@@ -2,7 +2,8 @@
 //!
 //! Write transactions start with `BEGIN IMMEDIATE` so that a transaction that reads before it
 //! writes takes the write lock up front instead of failing on upgrade. The database runs in
-//! WAL mode with `synchronous = FULL`: a commit that returned is on disk.
+//! WAL mode with `synchronous = FULL`: a commit that returned is on disk. The one exception,
+//! the compaction swap, is described at [`SqliteStore::lazy`].
 
 use std::collections::BTreeMap;
 use std::str::FromStr;
@@ -138,6 +139,20 @@ pub struct SqliteStore {
     turns: Arc<Turns>,
     /// Keeps the background checkpoint task going; it stops once the store is dropped.
     _checkpoints: Arc<()>,
+    /// One connection with `synchronous = NORMAL`, for compaction swaps only: their commit
+    /// does not wait for the WAL's fsync. A swap moves no offset or watermark and takes away
+    /// no record a reader is owed (object compaction copies the bytes as they were, log
+    /// compaction drops only records a later one of the same key supersedes, or expired
+    /// tombstones), so losing it loses nothing: it survives a crash of the process (the WAL is written before the commit returns) and is made durable by the next
+    /// synced commit (the WAL is appended in order, and its fsync covers every frame before).
+    /// A power loss before that undoes it, and its object becomes an orphan for garbage
+    /// collection. The one thing that must not happen first is deleting the objects the swap
+    /// unnamed: [`MetadataStore::unreferenced_objects`] makes what it hands out durable
+    /// before it returns. A swap's fsync held SQLite's writer lock, which flush commits wait
+    /// for, about 0.2 ms longer and took the disk from theirs: at 10 MiB/s of produce on 2
+    /// cores, with swaps of 15 entries, syncing them raised the produce p99 by 26% over no
+    /// compaction (one run), not syncing them by 16% (two runs).
+    lazy: SqlitePool,
 }
 
 impl SqliteStore {
@@ -161,12 +176,24 @@ impl SqliteStore {
             .run(&pool)
             .await
             .map_err(MetadataError::Migration)?;
+        // Opened here and kept for good: a connection runs on a thread of its own, which takes
+        // the priority of the thread that opened it, and swaps (holding the writer lock that
+        // flush commits wait for) must not run on the background jobs' lower priority.
+        let lazy = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .connect_with(options.clone().synchronous(SqliteSynchronous::Normal))
+            .await
+            .map_err(MetadataError::db("open the SQLite database"))?;
         let turns = Arc::new(Turns::default());
         let checkpoints = checkpoint_in_background(&pool, options, turns.lock.clone());
         Ok(SqliteStore {
             pool,
             turns,
             _checkpoints: checkpoints,
+            lazy,
         })
     }
 
@@ -179,11 +206,37 @@ impl SqliteStore {
 
     /// [`SqliteStore::write_tx`] for a write of the given priority (see [`Turns`]).
     async fn write_tx_as(&self, priority: Priority, context: &'static str) -> Result<WriteTx> {
+        self.write_tx_on(&self.pool, priority, context).await
+    }
+
+    /// [`SqliteStore::write_tx_as`] on a connection of `pool`.
+    async fn write_tx_on(
+        &self,
+        pool: &SqlitePool,
+        priority: Priority,
+        context: &'static str,
+    ) -> Result<WriteTx> {
         let turn = self.turns.take(priority).await;
-        let tx = crate::begin_detached(&self.pool, "BEGIN IMMEDIATE")
+        let tx = crate::begin_detached(pool, "BEGIN IMMEDIATE")
             .await
             .map_err(MetadataError::db(context))?;
         Ok(WriteTx { tx, _turn: turn })
+    }
+
+    /// Makes every commit so far durable, the unsynced swaps' too (see [`SqliteStore::lazy`]):
+    /// a synced commit of one changed row. SQLite has no other way to ask for the WAL's
+    /// fsync (a checkpoint syncs it only when it has frames it may copy).
+    async fn sync_point(&self) -> Result<()> {
+        let mut tx = self
+            .write_tx_as(Priority::Background, "begin sync point")
+            .await?;
+        sqlx::query("UPDATE sync_point SET syncs = syncs + 1")
+            .execute(&mut *tx)
+            .await
+            .map_err(MetadataError::db("write sync point"))?;
+        tx.commit()
+            .await
+            .map_err(MetadataError::db("commit sync point"))
     }
 
     /// Waits for this store's turn to write, for a write of one statement (see [`WriteTx`]).
@@ -800,7 +853,7 @@ impl MetadataStore for SqliteStore {
         // lock: comparing every column of every entry took 2-6 ms of it for 500 entries.
         let old_keys = json_rows(old.iter().map(|e| serde_json::json!(e.object_key)));
         let mut tx = self
-            .write_tx_as(Priority::Background, "begin compaction swap")
+            .write_tx_on(&self.lazy, Priority::Background, "begin compaction swap")
             .await?;
         let row = sqlx::query(
             "SELECT (SELECT log_start_offset FROM partitions \
@@ -877,7 +930,8 @@ impl MetadataStore for SqliteStore {
 
     async fn unreferenced_objects(&self, grace: Duration, limit: usize) -> Result<Vec<String>> {
         // Objects are marked as their last index entry goes (the trigger of migration 0007),
-        // so this only reads.
+        // so this reads, then makes sure the marks it read are durable: a swap's commit is
+        // not synced (see `SqliteStore::lazy`), and its objects are deleted on this answer.
         let rows = sqlx::query(&format!(
             "SELECT object_key FROM objects WHERE state = 'live' \
              AND unreferenced_since_ms <= {NOW_MS} - ? ORDER BY unreferenced_since_ms LIMIT ?"
@@ -887,12 +941,17 @@ impl MetadataStore for SqliteStore {
         .fetch_all(&self.pool)
         .await
         .map_err(MetadataError::db("list unreferenced objects"))?;
-        rows.iter()
+        let keys = rows
+            .iter()
             .map(|row| {
                 row.try_get("object_key")
                     .map_err(MetadataError::db("list unreferenced objects"))
             })
-            .collect()
+            .collect::<Result<Vec<String>>>()?;
+        if !keys.is_empty() {
+            self.sync_point().await?;
+        }
+        Ok(keys)
     }
 
     async fn forget_objects(&self, keys: &[String]) -> Result<()> {
@@ -1705,6 +1764,59 @@ mod tests {
         assert!(
             wal < bound,
             "the WAL grew to {wal} bytes after {written} bytes were written"
+        );
+    }
+
+    /// Swaps commit on the one connection that does not wait for the fsync, and a hand-out
+    /// of unnamed objects, which garbage collection then deletes, first commits a synced write
+    /// (which makes every commit before it durable); an empty hand-out writes nothing.
+    #[tokio::test]
+    async fn only_swaps_commit_unsynced_and_a_hand_out_is_made_durable_first() {
+        let (_dir, store) = scratch_store().await;
+        let synchronous = |pool: &SqlitePool| {
+            let pool = pool.clone();
+            async move {
+                sqlx::query_scalar::<_, i64>("PRAGMA synchronous")
+                    .fetch_one(&pool)
+                    .await
+                    .unwrap()
+            }
+        };
+        assert_eq!(synchronous(&store.lazy).await, 1, "NORMAL for swaps");
+        assert_eq!(
+            synchronous(&store.pool).await,
+            2,
+            "FULL for everything else"
+        );
+        let syncs = || async {
+            sqlx::query_scalar::<_, i64>("SELECT syncs FROM sync_point")
+                .fetch_one(&store.pool)
+                .await
+                .unwrap()
+        };
+        assert!(store
+            .unreferenced_objects(Duration::ZERO, 10)
+            .await
+            .unwrap()
+            .is_empty());
+        assert_eq!(syncs().await, 0);
+        // An object a swap left unnamed, committed unsynced as a swap commits.
+        sqlx::query(
+            "INSERT INTO objects (object_key, size_bytes, writer, created_at_ms, state, \
+             unreferenced_since_ms) VALUES ('old', 1, 'agent', 0, 'live', 0)",
+        )
+        .execute(&store.lazy)
+        .await
+        .unwrap();
+        let due = store
+            .unreferenced_objects(Duration::ZERO, 10)
+            .await
+            .unwrap();
+        assert_eq!(due, vec!["old".to_string()]);
+        assert_eq!(
+            syncs().await,
+            1,
+            "the hand-out committed a synced write first"
         );
     }
 
