@@ -64,8 +64,9 @@ const ENTRIES_PER_LOOKUP: usize = 1000;
 /// 2-core machine, swaps of 500 entries held SQLite's writer lock 6-10 ms each and the
 /// produce p99 rose from 11-15 ms to 25-36 ms during compaction; with 50 (and flush commits
 /// going before swaps), swaps held it about 2 ms and the p99 rose by about 33%; with 25 (and
-/// swaps not waiting for an fsync), about 1.25 ms and about 20%. With 10 or 15 they held it
-/// no shorter: about 1 ms of a swap does not depend on its size.
+/// swaps not waiting for an fsync), about 1.25 ms and about 13% over the first two passes
+/// (docs/architecture.md has the runs, and the steady state's larger rise). With 10 or 15
+/// they held it no shorter: about 1 ms of a swap does not depend on its size.
 pub(crate) const MAX_RUN_ENTRIES: usize = 25;
 /// Slices read at once while merging.
 const READ_CONCURRENCY: usize = 16;
