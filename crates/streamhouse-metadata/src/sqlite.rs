@@ -149,10 +149,10 @@ pub struct SqliteStore {
     /// before that undoes it, and its object becomes an orphan for garbage collection. The
     /// one thing that must not happen first is deleting the objects the swap unnamed:
     /// [`MetadataStore::unreferenced_objects`] makes what it hands out durable before it
-    /// returns. A swap's fsync held SQLite's writer lock, which flush commits wait
-    /// for, about 0.2 ms longer and took the disk from theirs: at 10 MiB/s of produce on 2
-    /// cores, with swaps of 15 entries, syncing them raised the produce p99 by 26% over no
-    /// compaction (one run), not syncing them by 16% (two runs).
+    /// returns. A swap's fsync held SQLite's writer lock, which flush commits wait for, about
+    /// 0.2 ms longer and took the disk from theirs: at 10 MiB/s of produce on 2 cores, with
+    /// swaps of 15 entries, syncing them raised the produce p99 by 26% over no compaction
+    /// (one run), not syncing them by 16% (two runs).
     lazy: SqlitePool,
 }
 
