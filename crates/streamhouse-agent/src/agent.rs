@@ -649,7 +649,9 @@ impl Agent {
         stats::flush_object(size, record_batches);
 
         let putting = Instant::now();
-        let outcome = match self.storage.put_new(&key, object).await {
+        let put = self.storage.put_new(&key, object).await;
+        stats::put_done(putting.elapsed());
+        let outcome = match put {
             Err(e) => Err((
                 FlushStage::ObjectStore,
                 format!("object write failed: {}", error_chain(&e)),

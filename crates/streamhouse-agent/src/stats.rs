@@ -27,6 +27,7 @@ pub(crate) const FLUSH_BATCHES: &str = "streamhouse_flush_batches";
 pub(crate) const FLUSH_DURATION: &str = "streamhouse_flush_duration_seconds";
 pub(crate) const FLUSH_FAILURES: &str = "streamhouse_flush_failures_total";
 pub(crate) const COMMIT_DURATION: &str = "streamhouse_metadata_commit_duration_seconds";
+pub(crate) const FLUSH_PUT_DURATION: &str = "streamhouse_flush_put_duration_seconds";
 pub(crate) const COMPACTION_BYTES: &str = "streamhouse_compaction_bytes_total";
 pub(crate) const COMPACTION_DURATION: &str = "streamhouse_compaction_duration_seconds";
 pub(crate) const GC_DELETED: &str = "streamhouse_gc_objects_deleted_total";
@@ -108,6 +109,11 @@ pub(crate) fn flush_done(elapsed: Duration, failed: Option<FlushStage>) {
     }
 }
 
+/// One flush's object PUT, successful or not.
+pub(crate) fn put_done(elapsed: Duration) {
+    histogram!(FLUSH_PUT_DURATION).record(elapsed.as_secs_f64());
+}
+
 /// One `MetadataStore::commit` call, successful or not.
 pub(crate) fn commit_done(elapsed: Duration) {
     histogram!(COMMIT_DURATION).record(elapsed.as_secs_f64());
@@ -158,6 +164,11 @@ pub fn describe_metrics() {
         COMPACTION_BYTES,
         Unit::Bytes,
         "Record batch bytes merged by object compaction into per-partition objects."
+    );
+    describe_histogram!(
+        FLUSH_PUT_DURATION,
+        Unit::Seconds,
+        "Duration of one flush's object PUT (written and, on a local directory, fsynced)."
     );
     describe_histogram!(
         COMPACTION_DURATION,

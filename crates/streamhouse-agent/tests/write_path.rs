@@ -801,6 +801,11 @@ async fn metrics_count_durable_records_and_returned_batches() {
     );
     assert_eq!(histogram(&m, "streamhouse_flush_duration_seconds").len(), 3);
     assert_eq!(
+        histogram(&m, "streamhouse_flush_put_duration_seconds").len(),
+        3,
+        "every object write is timed, the failed one too"
+    );
+    assert_eq!(
         histogram(&m, "streamhouse_metadata_commit_duration_seconds").len(),
         2,
         "the failed object write made no commit"

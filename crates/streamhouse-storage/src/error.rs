@@ -17,6 +17,12 @@ pub enum StorageError {
         #[source]
         source: object_store::Error,
     },
+    #[error("cannot write object {key} to the local directory")]
+    LocalWrite {
+        key: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("object {key} already exists; objects are never overwritten")]
     AlreadyExists { key: String },
     #[error("corrupt object: {reason}")]
