@@ -9,8 +9,9 @@
 //!    finish its GETs. It is deleted from the object store, then forgotten.
 //! 2. **Orphans.** Objects in the object store that no commit named: a flush whose commit
 //!    failed or was refused, an agent killed between its PUT and its commit, a compaction
-//!    that died before its swap (or while writing its object's `.part` to a local directory). Those older than `orphan_grace` get a tombstone row in the
-//!    store first ([`MetadataStore::claim_orphans`]); a commit still in flight that names one
+//!    that died before its swap (or while writing its object's `.part` to a local
+//!    directory). Those older than `orphan_grace` get a tombstone row in the store first
+//!    ([`MetadataStore::claim_orphans`]); a commit still in flight that names one
 //!    then conflicts with the tombstone and is refused (its producers hear a retriable
 //!    error and retry), so an object is never deleted while a commit may still name it.
 //!    Tombstones stay: one row per orphan, which crashes and failed commits make rare.

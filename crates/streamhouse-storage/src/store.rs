@@ -171,6 +171,7 @@ impl ObjectStorage {
             url: url.to_string(),
             reason: reason.to_string(),
         };
+        let mut local_dir = None;
         let store: Arc<dyn ObjectStore> = if let Some(path) = url.strip_prefix("file://") {
             if path.is_empty() {
                 return Err(unsupported("no directory given"));
@@ -181,10 +182,8 @@ impl ObjectStorage {
                 .map_err(|e| unsupported(&e.to_string()))?
                 .with_fsync(true);
             let local = Arc::new(local);
-            return Ok(ObjectStorage {
-                local: Some(local.clone()),
-                ..ObjectStorage::new(local, cache_bytes)
-            });
+            local_dir = Some(local.clone());
+            local
         } else if let Some(rest) = url.strip_prefix("s3://") {
             let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
             if bucket.is_empty() {
@@ -223,7 +222,10 @@ impl ObjectStorage {
                 "expected file://DIR, s3://BUCKET[/PREFIX] or memory://",
             ));
         };
-        Ok(ObjectStorage::new(store, cache_bytes))
+        Ok(ObjectStorage {
+            local: local_dir,
+            ..ObjectStorage::new(store, cache_bytes)
+        })
     }
 
     pub fn stats(&self) -> &StoreStats {
@@ -240,44 +242,32 @@ impl ObjectStorage {
     /// push recent flushes out of the cache), and on a local directory written in synced
     /// pieces (see [`put_local_in_pieces`]).
     pub async fn put_new_uncached(&self, key: &str, bytes: Bytes) -> Result<(), StorageError> {
-        let Some(local) = &self.local else {
-            return self.put_create(key, bytes, false).await;
-        };
-        let len = bytes.len() as u64;
-        let started = Instant::now();
-        let written = put_local_in_pieces(local, key, bytes).await;
-        observe("put", started, written.as_ref().ok().map(|_| len));
-        written?;
-        self.stats.puts.fetch_add(1, Ordering::Relaxed);
-        self.stats.put_bytes.fetch_add(len, Ordering::Relaxed);
-        Ok(())
+        self.put_create(key, bytes, false).await
     }
 
+    /// Writes a new object, create-only; `cache` tells a flush's object (cached, written in
+    /// one piece) from a compaction's (neither; in synced pieces on a local directory).
     async fn put_create(&self, key: &str, bytes: Bytes, cache: bool) -> Result<(), StorageError> {
         let len = bytes.len() as u64;
-        let opts = PutOptions {
-            mode: PutMode::Create,
-            ..PutOptions::default()
-        };
         let started = Instant::now();
-        let written = self
-            .store
-            .put_opts(
-                &Path::from(key),
-                PutPayload::from_bytes(bytes.clone()),
-                opts,
-            )
-            .await
-            .map_err(|source| match source {
-                object_store::Error::AlreadyExists { .. } => StorageError::AlreadyExists {
-                    key: key.to_string(),
-                },
-                source => StorageError::Unavailable {
-                    context: "write",
-                    key: key.to_string(),
-                    source,
-                },
-            });
+        let written = match &self.local {
+            Some(local) if !cache => put_local_in_pieces(local, key, bytes.clone()).await,
+            _ => {
+                let opts = PutOptions {
+                    mode: PutMode::Create,
+                    ..PutOptions::default()
+                };
+                self.store
+                    .put_opts(
+                        &Path::from(key),
+                        PutPayload::from_bytes(bytes.clone()),
+                        opts,
+                    )
+                    .await
+                    .map(|_| ())
+                    .map_err(|source| put_error(key, source))
+            }
+        };
         observe("put", started, written.as_ref().ok().map(|_| len));
         written?;
         self.stats.puts.fetch_add(1, Ordering::Relaxed);
@@ -399,27 +389,39 @@ impl ObjectStorage {
     }
 }
 
+/// What a failed create-only write of `key` is: the object exists already, or the store
+/// could not be written.
+fn put_error(key: &str, source: object_store::Error) -> StorageError {
+    match source {
+        object_store::Error::AlreadyExists { .. } => StorageError::AlreadyExists {
+            key: key.to_string(),
+        },
+        source => StorageError::Unavailable {
+            context: "write",
+            key: key.to_string(),
+            source,
+        },
+    }
+}
+
 /// Writes a large object to a local directory [`LOCAL_PIECE_BYTES`] at a time, each piece
 /// synced before the next is written, then publishes it under `key` with a hard link
 /// (create-only, as every put is) and fsyncs the directory. `object_store`'s local put writes
 /// the whole object and then fsyncs it once, which hands the disk all of a 64 MiB compaction
 /// output at once: every flush's fsync queues behind it, so the produce p99 doubled while
-/// compaction ran. Small pieces keep the disk's queue short. The crate has no way to sync as it writes,
-/// hence this by hand; linking and deleting still go through it. The bytes are first
-/// written under `<key>.part`, a key no commit ever names: if the process dies before the
-/// link, garbage collection deletes that file as an orphan.
+/// compaction ran. Small pieces keep the disk's queue short. The crate has no way to sync as
+/// it writes, hence this by hand; linking and deleting still go through it. The bytes are
+/// first written under `<key>.part`, a key no commit ever names: if the process dies before
+/// the link, garbage collection deletes that file as an orphan.
 async fn put_local_in_pieces(
     local: &Arc<LocalFileSystem>,
     key: &str,
     bytes: Bytes,
 ) -> Result<(), StorageError> {
-    let unavailable = |source| StorageError::Unavailable {
-        context: "write",
-        key: key.to_string(),
-        source,
-    };
     let part = Path::from(format!("{key}.part"));
-    let file_path = local.path_to_filesystem(&part).map_err(unavailable)?;
+    let file_path = local
+        .path_to_filesystem(&part)
+        .map_err(|source| put_error(key, source))?;
     let write = move || -> std::io::Result<()> {
         use std::io::Write;
         let mut file = match std::fs::File::create_new(&file_path) {
@@ -449,12 +451,7 @@ async fn put_local_in_pieces(
         Ok(()) => local
             .copy_if_not_exists(&part, &Path::from(key))
             .await
-            .map_err(|source| match source {
-                object_store::Error::AlreadyExists { .. } => StorageError::AlreadyExists {
-                    key: key.to_string(),
-                },
-                source => unavailable(source),
-            }),
+            .map_err(|source| put_error(key, source)),
     };
     // Whether or not it was linked, the part is garbage now (or an orphan, if this fails).
     if let Err(e) = local.delete(&part).await {
