@@ -26,9 +26,10 @@ const CACHE_HITS: &str = "streamhouse_cache_hits_total";
 
 /// How much of a large object is written to a local directory between two syncs. At 10 MiB/s
 /// of produce on 2 cores, compaction passes raised the produce p99 over 300 s from 11.0 ms to
-/// 21-22 ms with whole-object fsyncs, 17 ms with 1 MiB pieces, 14.1-14.8 ms with 256 KiB and
-/// 13.7 ms with 64 KiB pieces, which slowed compaction itself (5.4 GB merged instead of 5.6).
-const LOCAL_PIECE_BYTES: usize = 256 << 10;
+/// 21-22 ms with whole-object fsyncs, 17 ms with 1 MiB pieces, 13.0-14.8 ms with 256 KiB,
+/// 12.5-12.9 ms with 128 KiB (docs/architecture.md has the runs) and 13.7 ms with 64 KiB
+/// pieces, which slowed compaction itself (5.4 GB merged in 300 s instead of 5.6).
+const LOCAL_PIECE_BYTES: usize = 128 << 10;
 
 /// A key no object is ever written under: [`ObjectStorage::ping`] asks for it.
 const PING_KEY: &str = "streamhouse-ping/never-written";
