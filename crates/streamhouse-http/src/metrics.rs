@@ -69,6 +69,7 @@ pub fn install() -> PrometheusHandle {
             streamhouse_kafka::describe_metrics();
             streamhouse_agent::describe_metrics();
             streamhouse_storage::describe_metrics();
+            streamhouse_metadata::describe_metrics();
             metrics::describe_gauge!(
                 "streamhouse_leases_held",
                 "Partition leases this agent holds"

@@ -17,6 +17,7 @@ pub mod error;
 mod fence;
 pub mod postgres;
 pub mod sqlite;
+mod stats;
 pub mod topic_config;
 pub mod types;
 
@@ -25,6 +26,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use error::MetadataError;
+pub use stats::describe_metrics;
 pub use topic_config::{
     validate_agent_group, TimestampType, TopicConfig, AGENT_GROUP_CONFIG, DEFAULT_AGENT_GROUP,
 };

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
@@ -38,7 +38,7 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite")
 /// swaps, garbage collection): see [`Turns`].
 struct WriteTx {
     tx: sqlx::Transaction<'static, sqlx::Sqlite>,
-    _turn: tokio::sync::OwnedMutexGuard<()>,
+    _turn: Turn,
 }
 
 impl WriteTx {
@@ -100,9 +100,44 @@ enum Priority {
     Background,
 }
 
+impl Priority {
+    fn label(self) -> &'static str {
+        match self {
+            Priority::Commit => "commit",
+            Priority::Normal => "normal",
+            Priority::Background => "background",
+        }
+    }
+}
+
+/// A turn to write, held until dropped; how long it was waited for and held goes to the
+/// `streamhouse_metadata_write_turn_*` histograms.
+struct Turn {
+    _guard: tokio::sync::OwnedMutexGuard<()>,
+    priority: Priority,
+    taken: Instant,
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        crate::stats::turn_held(self.priority.label(), self.taken.elapsed());
+    }
+}
+
 impl Turns {
     /// Waits for a turn to write.
-    async fn take(&self, priority: Priority) -> tokio::sync::OwnedMutexGuard<()> {
+    async fn take(&self, priority: Priority) -> Turn {
+        let asked = Instant::now();
+        let guard = self.lock_for(priority).await;
+        crate::stats::turn_waited(priority.label(), asked.elapsed());
+        Turn {
+            _guard: guard,
+            priority,
+            taken: Instant::now(),
+        }
+    }
+
+    async fn lock_for(&self, priority: Priority) -> tokio::sync::OwnedMutexGuard<()> {
         match priority {
             Priority::Commit => {
                 self.commits_waiting.fetch_add(1, Ordering::AcqRel);
@@ -237,7 +272,7 @@ impl SqliteStore {
     }
 
     /// Waits for this store's turn to write, for a write of one statement (see [`WriteTx`]).
-    async fn write_turn(&self, priority: Priority) -> tokio::sync::OwnedMutexGuard<()> {
+    async fn write_turn(&self, priority: Priority) -> Turn {
         self.turns.take(priority).await
     }
 
@@ -1438,15 +1473,23 @@ async fn checkpoint(
     writer: &tokio::sync::Mutex<()>,
 ) -> std::result::Result<(), sqlx::Error> {
     // Each answers one row: busy (0 or 1), frames in the log, frames copied back.
+    let started = Instant::now();
     let passive = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
         .fetch_one(&mut *conn)
         .await?;
+    crate::stats::checkpoint_done("passive", started.elapsed());
     let frames: i64 = passive.try_get(1)?;
     if frames >= RESTART_FRAMES {
+        let asked = Instant::now();
         let _turn = writer.lock().await;
+        let started = Instant::now();
+        crate::stats::turn_waited("checkpoint", started.duration_since(asked));
         let restart = sqlx::query("PRAGMA wal_checkpoint(RESTART)")
             .fetch_one(&mut *conn)
             .await?;
+        let elapsed = started.elapsed();
+        crate::stats::checkpoint_done("restart", elapsed);
+        crate::stats::turn_held("checkpoint", elapsed);
         if restart.try_get::<i64, _>(0)? != 0 {
             tracing::debug!(frames, "readers kept the WAL from restarting; retrying");
         }
@@ -1645,6 +1688,76 @@ mod tests {
             let _turn = turns.take(priority).await;
             order.lock().unwrap().push(name);
         })
+    }
+
+    /// The samples of one histogram with `writer` as its label, from a debugging recorder.
+    fn turn_samples(
+        snapshot: &[(
+            metrics_util::CompositeKey,
+            Option<metrics::Unit>,
+            Option<metrics::SharedString>,
+            metrics_util::debugging::DebugValue,
+        )],
+        name: &str,
+        writer: &str,
+    ) -> Vec<f64> {
+        snapshot
+            .iter()
+            .filter(|(key, ..)| {
+                key.key().name() == name
+                    && key
+                        .key()
+                        .labels()
+                        .any(|l| l.key() == "writer" && l.value() == writer)
+            })
+            .flat_map(|(.., value)| match value {
+                metrics_util::debugging::DebugValue::Histogram(samples) => {
+                    samples.iter().map(|s| s.into_inner()).collect()
+                }
+                _ => Vec::new(),
+            })
+            .collect()
+    }
+
+    /// A writer's wait for its turn and the time it held it are recorded, by writer: a flush
+    /// commit that arrives while another write holds the turn for 20 ms waits about as long.
+    #[test]
+    fn turns_are_timed_by_writer() {
+        let recorder = metrics_util::debugging::DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        metrics::with_local_recorder(&recorder, || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .build()
+                .unwrap();
+            runtime.block_on(async {
+                let turns = Arc::new(Turns::default());
+                let first = turns.take(Priority::Background).await;
+                let commit = {
+                    let turns = turns.clone();
+                    tokio::spawn(async move { drop(turns.take(Priority::Commit).await) })
+                };
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                drop(first);
+                commit.await.unwrap();
+            });
+        });
+        let snapshot = snapshotter.snapshot().into_vec();
+        let wait = "streamhouse_metadata_write_turn_wait_seconds";
+        let held = "streamhouse_metadata_write_turn_held_seconds";
+        let held_by_background = turn_samples(&snapshot, held, "background");
+        assert_eq!(held_by_background.len(), 1, "{snapshot:?}");
+        assert!(held_by_background[0] >= 0.019, "{held_by_background:?}");
+        let commit_waited = turn_samples(&snapshot, wait, "commit");
+        assert_eq!(commit_waited.len(), 1, "{snapshot:?}");
+        assert!(commit_waited[0] >= 0.019, "{commit_waited:?}");
+        assert_eq!(turn_samples(&snapshot, held, "commit").len(), 1);
+        let background_waited = turn_samples(&snapshot, wait, "background");
+        assert_eq!(background_waited.len(), 1);
+        assert!(
+            background_waited[0] < 0.019,
+            "nothing held the turn before it"
+        );
     }
 
     /// A background write that arrives while a flush commit waits lets that commit, and the
