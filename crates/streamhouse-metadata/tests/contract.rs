@@ -1108,6 +1108,43 @@ fn swapped(
         .collect()
 }
 
+/// A swap whose range starts inside an entry (one reaching into it from before) is refused,
+/// even when the entries starting in the range are as many as it names, and its objects.
+#[tokio::test]
+async fn a_swap_is_refused_when_an_earlier_entry_reaches_into_its_range() {
+    for (_scratch, store) in backends().await {
+        store.create_topic("r", 1, &BTreeMap::new()).await.unwrap();
+        let tp = TopicPartition::new("r", 0);
+        let a = agent("a");
+        let lease = store
+            .acquire_lease(&tp, &a, Duration::from_secs(30))
+            .await
+            .unwrap()
+            .unwrap();
+        commit_entries(&store, &tp, &a, lease.epoch, &[(0, 6), (6, 8), (8, 10)]).await;
+        let entries = store.find_entries(&tp, Offset(0), 100).await.unwrap();
+        let old = vec![
+            IndexEntry {
+                base_offset: Offset(3),
+                ..entries[1].clone()
+            },
+            entries[2].clone(),
+        ];
+        let new = swapped(&tp, "s1", lease.epoch, &[(3, 10)]);
+        assert_eq!(
+            store
+                .replace_entries(&object("s1", &a), &old, &new)
+                .await
+                .unwrap(),
+            Swap::Changed
+        );
+        assert_eq!(
+            store.find_entries(&tp, Offset(0), 100).await.unwrap(),
+            entries
+        );
+    }
+}
+
 #[tokio::test]
 async fn compaction_swaps_entries_only_when_nothing_changed_underneath() {
     for (_scratch, store) in backends().await {
