@@ -868,9 +868,15 @@ impl MetadataStore for PostgresStore {
         let Some(log_start) = log_start else {
             return Ok(Swap::Changed);
         };
+        // The rows overlapping the range, found from the last one starting at or before it
+        // (a partition's entries never overlap, so no earlier one can reach into it): both
+        // bounds on the primary key, where `end_offset > $3 AND base_offset < $4` alone may
+        // walk the partition's index from one end.
         let rows = sqlx::query(
             "SELECT base_offset, end_offset, object_key, byte_start, byte_len, max_timestamp \
              FROM index_entries WHERE topic = $1 AND partition_id = $2 \
+             AND base_offset >= COALESCE((SELECT MAX(base_offset) FROM index_entries \
+                 WHERE topic = $1 AND partition_id = $2 AND base_offset <= $3), $3) \
              AND end_offset > $3 AND base_offset < $4 ORDER BY base_offset",
         )
         .bind(&tp.topic)
