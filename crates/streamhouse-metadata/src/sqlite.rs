@@ -98,6 +98,9 @@ enum Priority {
     Normal,
     /// Compaction swaps and garbage collection: nobody waits for them.
     Background,
+    /// A WAL restart (see [`checkpoint_in_background`]): in line like a normal write, and
+    /// timed under its own name.
+    Checkpoint,
 }
 
 impl Priority {
@@ -106,6 +109,7 @@ impl Priority {
             Priority::Commit => "commit",
             Priority::Normal => "normal",
             Priority::Background => "background",
+            Priority::Checkpoint => "checkpoint",
         }
     }
 }
@@ -144,7 +148,7 @@ impl Turns {
                 let _waiting = CommitWaiting(self);
                 self.lock.clone().lock_owned().await
             }
-            Priority::Normal => self.lock.clone().lock_owned().await,
+            Priority::Normal | Priority::Checkpoint => self.lock.clone().lock_owned().await,
             Priority::Background => {
                 let served = async {
                     loop {
@@ -224,7 +228,7 @@ impl SqliteStore {
             .await
             .map_err(MetadataError::db("open the SQLite database"))?;
         let turns = Arc::new(Turns::default());
-        let checkpoints = checkpoint_in_background(&pool, options, turns.lock.clone());
+        let checkpoints = checkpoint_in_background(&pool, options, turns.clone());
         Ok(SqliteStore {
             pool,
             turns,
@@ -1441,7 +1445,7 @@ const RESTART_WAIT: Duration = Duration::from_millis(20);
 fn checkpoint_in_background(
     pool: &SqlitePool,
     options: SqliteConnectOptions,
-    writer: Arc<tokio::sync::Mutex<()>>,
+    turns: Arc<Turns>,
 ) -> Arc<()> {
     let Ok(runtime) = tokio::runtime::Handle::try_current() else {
         return Arc::new(());
@@ -1467,7 +1471,7 @@ fn checkpoint_in_background(
                     }
                 },
             };
-            if let Err(e) = checkpoint(conn, &writer).await {
+            if let Err(e) = checkpoint(conn, &turns).await {
                 tracing::debug!(error = %e, "WAL checkpoint failed; retrying");
                 connection = None;
             }
@@ -1480,7 +1484,7 @@ fn checkpoint_in_background(
 /// lock, so it takes the store's turn to write first (see [`WriteTx`]).
 async fn checkpoint(
     conn: &mut sqlx::SqliteConnection,
-    writer: &tokio::sync::Mutex<()>,
+    turns: &Turns,
 ) -> std::result::Result<(), sqlx::Error> {
     // Each answers one row: busy (0 or 1), frames in the log, frames copied back.
     let started = Instant::now();
@@ -1490,16 +1494,12 @@ async fn checkpoint(
     crate::stats::checkpoint_done("passive", started.elapsed());
     let frames: i64 = passive.try_get(1)?;
     if frames >= RESTART_FRAMES {
-        let asked = Instant::now();
-        let _turn = writer.lock().await;
+        let _turn = turns.take(Priority::Checkpoint).await;
         let started = Instant::now();
-        crate::stats::turn_waited("checkpoint", started.duration_since(asked));
         let restart = sqlx::query("PRAGMA wal_checkpoint(RESTART)")
             .fetch_one(&mut *conn)
             .await?;
-        let elapsed = started.elapsed();
-        crate::stats::checkpoint_done("restart", elapsed);
-        crate::stats::turn_held("checkpoint", elapsed);
+        crate::stats::checkpoint_done("restart", started.elapsed());
         if restart.try_get::<i64, _>(0)? != 0 {
             tracing::debug!(frames, "readers kept the WAL from restarting; retrying");
         }
